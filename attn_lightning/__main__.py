@@ -1,0 +1,3 @@
+from attn_lightning.train import main
+
+main()

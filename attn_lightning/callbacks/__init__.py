@@ -1,0 +1,1 @@
+"""Lightning callbacks that log what Lightning does not: throughput, memory, text samples."""

@@ -1,0 +1,44 @@
+"""A text sample from a fixed prompt at each validation, logged to TensorBoard's text tab."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class TextSample(L.Callback):
+    """Generates `max_new_tokens` after `prompt` with a fixed seed, so samples from different
+    steps (and different attention variants) differ only by what the model learned."""
+
+    def __init__(
+        self,
+        prompt: str = "\n",
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+        seed: int = 1337,
+    ) -> None:
+        self.prompt = prompt
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+        self.seed = seed
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        tokenizer = pl_module.tokenizer
+        idx = tokenizer.encode(self.prompt)[None].to(pl_module.device)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        out = pl_module.model.generate(
+            idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator
+        )
+        text = tokenizer.decode(out[0].tolist())
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # TensorBoard renders markdown: indent four spaces to keep line breaks.
+                body = "\n".join("    " + line for line in text.splitlines())
+                logger.experiment.add_text("samples/text", body, trainer.global_step)

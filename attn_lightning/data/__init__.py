@@ -1,0 +1,1 @@
+"""Data: TinyShakespeare download/cache, tokenizers, batch sampling, the DataModule."""

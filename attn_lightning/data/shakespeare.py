@@ -1,0 +1,151 @@
+"""TinyShakespeare, character level: download (or a local file), encode once, serve windows."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from attn_lightning.data.char_tokenizer import CharTokenizer
+from attn_lightning.data.download import DatasetUnavailableError, fetch_verified, sha256_of
+from attn_lightning.data.windows import FixedWindows, RandomWindowBatches
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "tinyshakespeare.txt"
+
+
+class ShakespeareDataModule(L.LightningDataModule):
+    """Character-level TinyShakespeare, split 90/10 contiguously as nanoGPT does.
+
+    The text comes from `path` when given, else from `data_dir/tinyshakespeare.txt`, downloaded
+    from `url` and checked against `sha256` when missing. Validation uses `val_windows` fixed
+    windows of the held-out split; test uses all its non-overlapping windows.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        url: str,
+        sha256: str,
+        block_size: int,
+        batch_size: int,
+        path: str | None = None,
+        val_fraction: float = 0.1,
+        val_windows: int | None = 512,
+        eval_batch_size: int = 64,
+        seed: int = 1337,
+    ) -> None:
+        super().__init__()
+        if block_size <= 0 or batch_size <= 0 or eval_batch_size <= 0:
+            raise ValueError(
+                f"block_size ({block_size}), data.batch_size ({batch_size}) and "
+                f"data.eval_batch_size ({eval_batch_size}) must be positive"
+            )
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.data_dir = Path(data_dir).expanduser()
+        self.url = url
+        self.sha256 = sha256
+        self.path = Path(path).expanduser() if path else None
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.val_windows = val_windows
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+
+    def text_file(self) -> Path:
+        """The corpus on disk: the user's file, or the verified download in data_dir."""
+        if self.path is not None:
+            if not self.path.is_file():
+                raise DatasetUnavailableError(
+                    f"data.path={self.path} is not a file: point data.path at a copy of "
+                    f"{FILE_NAME}, or drop it to download into {self.data_dir}"
+                )
+            return self.path
+        return fetch_verified(self.url, self.data_dir / FILE_NAME, self.sha256)
+
+    def prepare_data(self) -> None:
+        _ = self._encoded  # download and encode once, on rank 0, before the ranks read it
+
+    @cached_property
+    def _encoded(self) -> tuple[CharTokenizer, Tensor]:
+        text_file = self.text_file()
+        cache = self.data_dir / "cache" / f"{text_file.stem}-{sha256_of(text_file)[:16]}.char.pt"
+        if cache.is_file():
+            state = torch.load(cache, weights_only=True)
+            return CharTokenizer(state["chars"]), state["tokens"].long()
+        text = text_file.read_text(encoding="utf-8")
+        tokenizer = CharTokenizer.from_text(text)
+        tokens = tokenizer.encode(text)
+        _save_atomic({"chars": tokenizer.chars, "tokens": tokens.to(torch.int16)}, cache)
+        return tokenizer, tokens
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return self._encoded[0]
+
+    @property
+    def splits(self) -> tuple[Tensor, Tensor]:
+        """(train, val) token streams."""
+        tokens = self._encoded[1]
+        n_train = int(len(tokens) * (1.0 - self.val_fraction))
+        return tokens[:n_train], tokens[n_train:]
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer is None or trainer.max_steps <= 0:
+            raise ValueError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
+        accumulate = trainer.accumulate_grad_batches
+        batches = RandomWindowBatches(
+            self.splits[0],
+            self.block_size,
+            self.batch_size,
+            num_batches=trainer.max_steps * accumulate,
+            seed=self.seed,
+            rank=trainer.global_rank,
+            first_batch=trainer.global_step * accumulate,  # a resumed run continues its sequence
+        )
+        return DataLoader(batches, batch_size=None, shuffle=False)
+
+    def _eval_loader(self, count: int | None) -> DataLoader:
+        rank, world = self._rank_and_world()
+        windows = FixedWindows(self.splits[1], self.block_size, count)
+        shard = torch.utils.data.Subset(windows, range(rank, len(windows), world))
+        return DataLoader(shard, batch_size=self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_windows)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(None)
+
+
+def _save_atomic(obj: object, dest: Path) -> None:
+    """torch.save to a temp file, then rename: a kill never leaves a half-written cache.
+    A read-only data directory only costs the cache, so it is logged, not raised."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    except OSError as exc:
+        log.warning("cannot cache encoded data in %s (%s); encoding on every start", dest, exc)
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,179 @@
+"""A GPT whose attention is injected: token (+ learned position) embeddings, pre-LayerNorm
+blocks with a GELU MLP, tied output head, GPT-2 initialisation.
+
+The model never imports a concrete attention variant. It receives `attention`, a factory
+(a class or a `functools.partial`) called once per layer as
+`attention(n_embd=..., n_head=..., block_size=..., dropout=..., bias=...)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attn_lightning.attention.base import CausalSelfAttention
+
+AttentionFactory = Callable[..., CausalSelfAttention]
+POS_EMBEDDINGS = ("learned", "none")
+
+
+class GPTOutput(NamedTuple):
+    logits: Tensor  # (B, T, vocab_size)
+    loss: Tensor | None  # mean cross-entropy over targets != ignore_index
+    attentions: list[Tensor] | None  # one (B, H, T, T) per layer, when asked
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)  # residual projection (scaled init)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, attention: CausalSelfAttention, n_embd: int, dropout: float, bias: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = attention
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        a, att = self.attn(self.ln_1(x), return_attn=return_attn)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), att
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer language model."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        block_size: int,
+        attention: AttentionFactory,
+        dropout: float = 0.0,
+        bias: bool = False,
+        pos_embedding: str = "learned",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("n_layer", n_layer),
+            ("n_head", n_head),
+            ("n_embd", n_embd),
+            ("block_size", block_size),
+        ):
+            if value <= 0:
+                raise ValueError(f"model.{name} must be positive, got {value}")
+        if pos_embedding not in POS_EMBEDDINGS:
+            raise ValueError(
+                f"model.pos_embedding={pos_embedding!r} is unknown; choose one of {POS_EMBEDDINGS}"
+            )
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.pos_emb = nn.Embedding(block_size, n_embd) if pos_embedding == "learned" else None
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                attention(
+                    n_embd=n_embd, n_head=n_head, block_size=block_size, dropout=dropout, bias=bias
+                ),
+                n_embd,
+                dropout,
+                bias,
+            )
+            for _ in range(n_layer)
+        )
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017)
+        self._init_weights(n_layer)
+
+    def _init_weights(self, n_layer: int) -> None:
+        """GPT-2 init: N(0, 0.02); residual projections scaled by 1/sqrt(2 * n_layer)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        for block in self.blocks:
+            for residual in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(residual.weight, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; position embeddings excluded by default (as nanoGPT reports)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, return_attn: bool = False
+    ) -> GPTOutput:
+        """idx (B, T) token ids -> logits (B, T, V); loss when `targets` (B, T) is given.
+
+        Targets equal to -100 are ignored by the loss (padding, prompts of synthetic tasks).
+        """
+        T = idx.size(1)
+        if self.block_size < T:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        attentions = [] if return_attn else None
+        for block in self.blocks:
+            x, att = block(x, return_attn=return_attn)
+            if attentions is not None:
+                attentions.append(att)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return GPTOutput(logits, loss, attentions)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Append `max_new_tokens` sampled tokens to idx (B, T); the context is cropped to the
+        last `block_size` tokens. temperature 0 means greedy decoding."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.block_size :]
+            logits = self(context).logits[:, -1, :]  # (B, V)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx
