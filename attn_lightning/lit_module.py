@@ -7,6 +7,7 @@ so a checkpoint alone loads: `LitGPT.load_from_checkpoint(path)`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -106,3 +107,15 @@ class LitGPT(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitGPT:
+    """Rebuild a trained LitGPT (model and tokenizer) from a checkpoint file alone."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: pass ckpt_path=<run dir>/checkpoints/last.ckpt "
+            "(run dirs live under outputs/)"
+        )
+    module = LitGPT.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    return module.eval()

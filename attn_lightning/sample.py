@@ -1,0 +1,37 @@
+"""`python -m attn_lightning.sample ckpt_path=... prompt=...`: text from a trained checkpoint."""
+
+from __future__ import annotations
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from attn_lightning.config import CONFIG_DIR
+from attn_lightning.lit_module import load_checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sample(cfg: DictConfig) -> str:
+    """The prompt followed by `max_new_tokens` generated tokens."""
+    device = resolve_device(cfg.device)
+    module = load_checkpoint(cfg.ckpt_path, map_location=device)
+    idx = module.tokenizer.encode(cfg.prompt)[None].to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    out = module.model.generate(
+        idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=generator
+    )
+    return module.tokenizer.decode(out[0].tolist())
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
+def main(cfg: DictConfig) -> None:
+    print(sample(cfg))
+
+
+if __name__ == "__main__":
+    main()
