@@ -1,22 +1,34 @@
-"""What every attention variant shares: projections, heads, dropout.
+"""What every attention variant shares: projections, heads, RoPE, dropout, decoding cache.
 
-A variant subclasses `CausalSelfAttention` and implements only its core:
+A variant subclasses `CausalSelfAttention` and implements only its core, on (B, H, T, D)
+tensors whose k/v heads are already repeated to H:
 
-- `attend(q, k, v)`: the fast path, (B, H, T, D) tensors in and out;
-- `attention_matrix(q, k)`: the equivalent (B, H, T, T) row-normalised matrix that the variant
-  applies, materialised only when a caller asks for attention weights.
+- `attend(q, k, v)`: the fast path;
+- `attention_matrix(q, k)`: the equivalent (B, H, T, T) matrix that the variant applies to v,
+  materialised only when a caller asks for attention weights;
+- optionally `new_cache()` + `decode(q, k, v, cache)`: incremental decoding. The default keeps
+  q, k and v of the window and recomputes the core over it (exact for any causal core, and it
+  still saves every projection and MLP of the past tokens); the softmax family keeps a KV
+  cache, the kernel family a recurrent state.
 
 `forward(x, return_attn=True)` computes the output as `attention_matrix(q, k) @ v`, so the
 weights a caller sees are exactly the ones that produced the output.
+
+Options every variant gets: `n_kv_head` (grouped/multi-query attention: fewer k/v heads,
+repeated for the core and cached unrepeated) and `rope` (rotary embedding on q and k).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from attn_lightning.attention.kv_cache import QKVCache
+from attn_lightning.attention.rope import RotaryEmbedding
 
 
 class CausalSelfAttention(nn.Module, ABC):
@@ -29,6 +41,9 @@ class CausalSelfAttention(nn.Module, ABC):
         block_size: int,
         dropout: float = 0.0,
         bias: bool = False,
+        n_kv_head: int | None = None,
+        rope: bool = False,
+        rope_base: float = 10000.0,
     ) -> None:
         super().__init__()
         if n_embd % n_head != 0:
@@ -36,31 +51,59 @@ class CausalSelfAttention(nn.Module, ABC):
                 f"n_embd={n_embd} is not divisible by n_head={n_head}: "
                 "choose model.n_embd as a multiple of model.n_head"
             )
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_kv_head <= 0 or n_head % n_kv_head != 0:
+            raise ValueError(
+                f"attention.n_kv_head={n_kv_head} must be positive and divide model.n_head={n_head}"
+            )
         self.n_embd = n_embd
         self.n_head = n_head
+        self.n_kv_head = n_kv_head
         self.head_dim = n_embd // n_head
         self.block_size = block_size
         self.dropout = dropout
-        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.qkv = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)  # residual projection (scaled init)
+        self.rope = RotaryEmbedding(self.head_dim, block_size, rope_base) if rope else None
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        """(B, T, C) -> (B, T, C), plus the (B, H, T, T) weights when `return_attn`."""
+    def forward(
+        self, x: Tensor, return_attn: bool = False, cache: Any = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, T, C) -> (B, T, C), plus the (B, H, T, T) weights when `return_attn`.
+
+        With a `cache` (from `new_cache`), x holds only the new tokens, which continue the
+        sequence the cache has seen; no weights are returned then.
+        """
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(self.n_embd, dim=2)
+        start = 0 if cache is None else cache.length
+        if start + T > self.block_size:
+            raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
+        q, k, v = self.qkv(x).split(
+            [self.n_embd, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
+        )
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.rope is not None:
+            positions = torch.arange(start, start + T, device=x.device)
+            q, k = self.rope(q, positions), self.rope(k, positions)
         att = None
-        if return_attn:
-            att = self.attention_matrix(q, k)  # (B, H, T, T)
-            y = self.attn_dropout(att) @ v
+        if cache is not None:
+            y = self.decode(q, k, v, cache)
+        elif return_attn:
+            att = self.attention_matrix(q, self.repeat_kv(k))  # (B, H, T, T)
+            y = self.attn_dropout(att) @ self.repeat_kv(v)
         else:
-            y = self.attend(q, k, v)
+            y = self.attend(q, self.repeat_kv(k), self.repeat_kv(v))
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
+
+    def repeat_kv(self, x: Tensor) -> Tensor:
+        """(B, H_kv, T, D) -> (B, H, T, D): each k/v head serves n_head // n_kv_head queries."""
+        groups = self.n_head // self.n_kv_head
+        return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
     @property
     def dropout_p(self) -> float:
@@ -73,7 +116,20 @@ class CausalSelfAttention(nn.Module, ABC):
 
     @abstractmethod
     def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
-        """The (B, H, T, T) row-normalised matrix this variant applies to v."""
+        """The (B, H, T, T) matrix this variant applies to v."""
+
+    def new_cache(self) -> Any:
+        """An empty decoding cache for this layer (default: keep q, k, v of the window)."""
+        return QKVCache(self.block_size)
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, cache: Any) -> Tensor:
+        """Outputs (B, H, T_new, D) of new tokens given the cache; updates the cache.
+
+        Default: recompute the core over the cached window (exact for any causal core)."""
+        T = q.size(2)
+        q_all = cache.update_q(q)
+        k_all, v_all, _ = cache.update(k, v)
+        return self.attend(q_all, self.repeat_kv(k_all), self.repeat_kv(v_all))[:, :, -T:]
 
 
 def causal_mask(T: int, device: torch.device | None = None) -> Tensor:

@@ -4,13 +4,22 @@ blocks with a GELU MLP, tied output head, GPT-2 initialisation.
 The model never imports a concrete attention variant. It receives `attention`, a factory
 (a class or a `functools.partial`) called once per layer as
 `attention(n_embd=..., n_head=..., block_size=..., dropout=..., bias=...)`.
+
+Generation decodes incrementally: each layer keeps a cache of its own kind (keys/values for
+the softmax family, a recurrent state for kernel attention; see attention/base.py) and
+`IncrementalDecoder` feeds only the new token. Its logits equal full recomputation
+(`model(idx[:, -block_size:])`) at every step. Past block_size, full recomputation crops the
+context, which shifts every position (learned embeddings, RoPE phases, segment boundaries) and
+changes every hidden state of a multi-layer model, so no cache survives the slide: the decoder
+then re-fills the caches from the cropped window (one forward of block_size tokens per new
+token, as full recomputation does).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +58,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias)
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        a, att = self.attn(self.ln_1(x), return_attn=return_attn)
+    def forward(
+        self, x: Tensor, return_attn: bool = False, cache: Any = None
+    ) -> tuple[Tensor, Tensor | None]:
+        a, att = self.attn(self.ln_1(x), return_attn=return_attn, cache=cache)
         x = x + a
         return x + self.mlp(self.ln_2(x)), att
 
@@ -125,23 +136,35 @@ class GPT(nn.Module):
             n -= self.pos_emb.weight.numel()
         return n
 
+    def new_caches(self) -> list[Any]:
+        """Empty decoding caches, one per layer, for `forward(..., caches=...)`."""
+        return [block.attn.new_cache() for block in self.blocks]
+
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, return_attn: bool = False
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        return_attn: bool = False,
+        caches: list[Any] | None = None,
     ) -> GPTOutput:
         """idx (B, T) token ids -> logits (B, T, V); loss when `targets` (B, T) is given.
 
         Targets equal to -100 are ignored by the loss (padding, prompts of synthetic tasks).
+        With `caches` (from `new_caches`), idx continues the sequence the caches have seen and
+        holds only the new tokens: positions start at the caches' length.
         """
         T = idx.size(1)
-        if self.block_size < T:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
+        start = 0 if caches is None else caches[0].length
+        if self.block_size < start + T:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.block_size}")
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
         attentions = [] if return_attn else None
-        for block in self.blocks:
-            x, att = block(x, return_attn=return_attn)
+        for i, block in enumerate(self.blocks):
+            cache = None if caches is None else caches[i]
+            x, att = block(x, return_attn=return_attn, cache=cache)
             if attentions is not None:
                 attentions.append(att)
         logits = self.lm_head(self.ln_f(x))
@@ -158,14 +181,16 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        incremental: bool = True,
     ) -> Tensor:
         """Append `max_new_tokens` sampled tokens to idx (B, T); the context is cropped to the
-        last `block_size` tokens. temperature 0 means greedy decoding."""
+        last `block_size` tokens. temperature 0 means greedy decoding. `incremental=False`
+        recomputes the whole cropped context for every token (the reference)."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        next_logits = IncrementalDecoder(self) if incremental else self.full_logits
         for _ in range(max_new_tokens):
-            context = idx[:, -self.block_size :]
-            logits = self(context).logits[:, -1, :]  # (B, V)
+            logits = next_logits(idx)  # (B, V)
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -177,3 +202,32 @@ class GPT(nn.Module):
                 next_id = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
+
+    def full_logits(self, idx: Tensor) -> Tensor:
+        """Next-token logits (B, V) by full recomputation of the cropped context."""
+        return self(idx[:, -self.block_size :]).logits[:, -1, :]
+
+
+class IncrementalDecoder:
+    """Next-token logits for a growing sequence, reusing per-layer caches.
+
+    Call it with the whole sequence so far (B, T); it feeds the model only the tokens its caches
+    have not seen. Equal to `model.full_logits(idx)` at every call: while the sequence fits in
+    block_size the caches extend it; once it is longer, the cropped window starts at a new
+    token at every step, so the caches are rebuilt from that window (see the module docstring).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        self.model = model
+        self.caches: list[Any] = []
+        self.seen = 0  # tokens of idx covered by the caches (idx[:, :seen])
+
+    def __call__(self, idx: Tensor) -> Tensor:
+        T = idx.size(1)
+        if self.model.block_size >= T and 0 < self.seen < T:
+            new = idx[:, self.seen :]
+        else:  # first call, or the window slid: refill from the cropped context
+            self.caches = self.model.new_caches()
+            new = idx[:, -self.model.block_size :]
+        self.seen = T
+        return self.model(new, caches=self.caches).logits[:, -1, :]

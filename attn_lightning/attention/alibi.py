@@ -1,0 +1,46 @@
+"""ALiBi (Press et al. 2021): no position embeddings; a linear distance penalty per head.
+
+    M_ij = -m_h (i - j) for j <= i, -inf otherwise
+    m_h = 2^(-8 h / n) for h = 1..n when n (heads) is a power of two; otherwise the n' = 2^floor(
+    log2 n) slopes of n', followed by every other slope of 2n' until there are n (the paper's rule).
+
+Use it with `model.pos_embedding=none` (ALiBi replaces position embeddings; with learned
+embeddings as well it still works, it is just not ALiBi as published). Decodes with a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from attn_lightning.attention.vanilla import VanillaAttention
+
+
+def alibi_slopes(n_head: int) -> Tensor:
+    """The standard geometric head slopes, (n_head,)."""
+
+    def power_of_2(n: int) -> list[float]:
+        return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+
+    closest = 2 ** math.floor(math.log2(n_head))
+    slopes = power_of_2(closest)
+    if closest < n_head:
+        slopes += power_of_2(2 * closest)[0::2][: n_head - closest]
+    return torch.tensor(slopes)
+
+
+class ALiBiAttention(VanillaAttention):
+    """Causal softmax attention with per-head linear distance biases."""
+
+    is_plain_causal = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("slopes", alibi_slopes(self.n_head), persistent=False)
+
+    def score_bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        distance = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk)
+        bias = -self.slopes[:, None, None] * distance  # (H, Tq, Tk)
+        return bias.masked_fill(distance < 0, -math.inf)

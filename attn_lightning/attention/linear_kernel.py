@@ -1,0 +1,88 @@
+"""Causal kernelised attention, shared by linear attention and the Performer.
+
+With non-negative feature maps φ(q_i), φ(k_j) (M features) the causal output is
+
+    y_i = φ(q_i)^T S_i / (φ(q_i)^T z_i + eps),   S_i = Σ_{j<=i} φ(k_j) v_j^T,  z_i = Σ_{j<=i} φ(k_j)
+
+computed three ways that agree:
+- chunked (training, prefill): inside a chunk of C positions a small masked C x C product,
+  across chunks a running (M x D) state; never a (T, M, D) tensor of prefix sums;
+- recurrent (decoding): one (S, z) update per token, O(1) in the sequence length;
+- materialised: the (T, T) matrix A_ij = φ(q_i)·φ(k_j) / (Σ_{j'<=i} φ(q_i)·φ(k_j') + eps).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class LinearAttentionState:
+    """The recurrent state of one layer: S (B, H, M, D) and z (B, H, M)."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.S: Tensor | None = None
+        self.z: Tensor | None = None
+
+
+def _normalise(num: Tensor, den: Tensor, eps: float) -> Tensor:
+    return num / (den + eps).clamp_min(torch.finfo(den.dtype).tiny)[..., None]
+
+
+def chunked_causal_linear_attention(
+    q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float, state: LinearAttentionState | None
+) -> Tensor:
+    """q, k: (B, H, T, M) non-negative features; v: (B, H, T, D) -> (B, H, T, D).
+
+    Continues from `state` and advances it when one is given."""
+    B, H, T, M = q.shape
+    D = v.size(-1)
+    C = min(chunk_size, T)
+    pad = (-T) % C  # zero features at the end contribute nothing
+    q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    N = (T + pad) // C
+    qc, kc, vc = q.view(B, H, N, C, M), k.view(B, H, N, C, M), v.view(B, H, N, C, D)
+
+    within = (qc @ kc.transpose(-2, -1)).tril()  # (B, H, N, C, C) causal inside each chunk
+    num = within @ vc  # (B, H, N, C, D)
+    den = within.sum(-1)  # (B, H, N, C)
+
+    kv = kc.transpose(-2, -1) @ vc  # (B, H, N, M, D) one chunk's contribution to S
+    ksum = kc.sum(-2)  # (B, H, N, M)
+    S = F.pad(kv.cumsum(2), (0, 0, 0, 0, 1, 0))  # (B, H, N+1, M, D) S before chunk n
+    z = F.pad(ksum.cumsum(2), (0, 0, 1, 0))  # (B, H, N+1, M)
+    if state is not None and state.S is not None:
+        S = S + state.S[:, :, None]
+        z = z + state.z[:, :, None]
+    num = num + qc @ S[:, :, :N]
+    den = den + (qc @ z[:, :, :N, :, None]).squeeze(-1)
+    if state is not None:
+        state.S, state.z, state.length = S[:, :, N], z[:, :, N], state.length + T
+    return _normalise(num, den, eps).reshape(B, H, N * C, D)[:, :, :T]
+
+
+def recurrent_linear_attention(
+    q: Tensor, k: Tensor, v: Tensor, eps: float, state: LinearAttentionState
+) -> Tensor:
+    """The RNN form, one token at a time: q, k (B, H, T, M), v (B, H, T, D)."""
+    if state.S is None:
+        B, H, _, M = q.shape
+        state.S = q.new_zeros(B, H, M, v.size(-1))
+        state.z = q.new_zeros(B, H, M)
+    outputs = []
+    for t in range(q.size(2)):
+        q_t, k_t, v_t = q[:, :, t], k[:, :, t], v[:, :, t]  # (B, H, M), (B, H, D)
+        state.S = state.S + k_t[..., :, None] * v_t[..., None, :]  # (B, H, M, D)
+        state.z = state.z + k_t
+        num = (q_t[..., None, :] @ state.S).squeeze(-2)  # (B, H, D)
+        outputs.append(_normalise(num, (q_t * state.z).sum(-1), eps))
+        state.length += 1
+    return torch.stack(outputs, dim=2)
+
+
+def linear_attention_matrix(q: Tensor, k: Tensor, eps: float) -> Tensor:
+    """The equivalent (B, H, T, T) matrix of features q, k (B, H, T, M)."""
+    scores = (q @ k.transpose(-2, -1)).tril()  # (B, H, T, T)
+    return scores / (scores.sum(-1, keepdim=True) + eps).clamp_min(torch.finfo(q.dtype).tiny)

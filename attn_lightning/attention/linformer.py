@@ -1,0 +1,88 @@
+"""Linformer (Wang et al. 2020), made causal by compressing only completed past segments.
+
+Linformer projects the n keys and values along the sequence to k rows, K' = E K, V' = F V
+(E, F: k x n, learned), and attends softmax(Q K'^T / sqrt(d)) V'. Every row of E mixes all n
+positions, including the future: used as-is in a language model, position i reads tokens after
+i (and its loss looks far better than it is).
+
+Causal form here: E and F are block-diagonal. The block of n = block_size positions is cut into
+k segments of s = n / k positions; segment l is compressed to one key/value pair,
+
+    k'_l = Σ_{j in seg l} E_{l, j - ls} k_j,     v'_l = Σ_{j in seg l} F_{l, j - ls} v_j,
+
+and query i, in segment g = i // s, attends with one softmax to the compressed pairs of the
+completed segments l < g and, exactly, to the keys j of its own segment with j <= i:
+
+    y_i = Σ_{l<g} a_il v'_l + Σ_{gs<=j<=i} a_ij v_j,   a_i = softmax([q_i·k'_l]_{l<g}, [q_i·k_j]_j)
+
+What it approximates: Linformer's low-rank premise, applied to the past only (each completed
+segment of s tokens is seen through one learned summary); what it gives up: exact access to any
+single past token outside the current segment. (The code forms the masked (T, T) local scores
+for clarity, so it is not faster than softmax here; a segment-blocked version would be
+O(n (k + s)).) The equivalent matrix (materialised for `return_attn`) puts a_il F_{l, j-ls} on each
+past j: its rows do not sum to 1 (F is a free linear map, as in the paper). The constructor
+refuses k that does not divide block_size. Decoding uses the base's fallback: cache q, k, v and
+recompute the core over the window.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attn_lightning.attention.base import CausalSelfAttention
+
+
+class LinformerAttention(CausalSelfAttention):
+    """Causal Linformer: learned per-segment compression of the past + exact current segment."""
+
+    def __init__(self, *args: Any, k: int = 8, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not 1 <= k <= self.block_size or self.block_size % k != 0:
+            raise ValueError(
+                f"causal Linformer cuts block_size={self.block_size} into k={k} segments: "
+                "choose attention.k dividing model.block_size"
+            )
+        self.k = k
+        self.segment = self.block_size // k
+        s = self.segment
+        self.E = nn.Parameter(torch.randn(k, s) / math.sqrt(s))  # row l: weights of segment l
+        self.F = nn.Parameter(torch.randn(k, s) / math.sqrt(s))
+
+    def _weights(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Softmax weights on compressed past segments (B, H, T, n_seg) and on exact keys of the
+        current segment (B, H, T, T)."""
+        B, H, T, D = q.shape
+        s, n_full = self.segment, T // self.segment
+        seg_k = k[:, :, : n_full * s].view(B, H, n_full, s, D)
+        k_c = (self.E[:n_full, :, None] * seg_k).sum(3)  # (B, H, n_full, D)
+        pos = torch.arange(T, device=q.device)
+        seg = pos // s
+        past = torch.arange(n_full, device=q.device)[None, :] < seg[:, None]  # (T, n_full)
+        local = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])  # (T, T)
+        scores_c = (q @ k_c.transpose(-2, -1)).masked_fill(~past, -math.inf)
+        scores_l = (q @ k.transpose(-2, -1)).masked_fill(~local, -math.inf)
+        weights = F.softmax(torch.cat((scores_c, scores_l), -1) / math.sqrt(D), dim=-1)
+        return weights.split([n_full, T], dim=-1)
+
+    def _compress_v(self, v: Tensor) -> Tensor:
+        B, H, T, D = v.shape
+        n_full = T // self.segment
+        seg_v = v[:, :, : n_full * self.segment].view(B, H, n_full, self.segment, D)
+        return (self.F[:n_full, :, None] * seg_v).sum(3)  # (B, H, n_full, D)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        w_c, w_l = self._weights(q, k)
+        return self.attn_dropout(w_c) @ self._compress_v(v) + self.attn_dropout(w_l) @ v
+
+    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+        T = q.size(2)
+        w_c, w_l = self._weights(q, k)
+        n_full = w_c.size(-1)
+        spread = torch.block_diag(*self.F[:n_full, None, :]) if n_full else w_c.new_zeros(0, 0)
+        spread = F.pad(spread, (0, T - spread.size(1)))  # (n_full, T): F placed on its segment
+        return w_l + w_c @ spread

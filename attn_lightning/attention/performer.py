@@ -1,0 +1,116 @@
+"""Performer / FAVOR+ (Choromanski et al. 2020), causal.
+
+Softmax's kernel is estimated with positive orthogonal random features: with x̂ = x / d^(1/4)
+and the rows w_1..w_M of an orthogonal random projection (each scaled to a Gaussian norm),
+
+    exp(q̂·k̂) = E_w[φ(q̂) φ(k̂)],   φ(x)_r = exp(w_r·x - |x|²/2) / sqrt(M)
+
+and attention becomes causal linear attention on these features (chunked for training,
+recurrent for decoding; linear_kernel.py).
+
+Numerical stabilisation, kept strictly causal: a query's features are divided by their own
+maximum (exp(a - max a); the constant cancels between numerator and denominator of that row);
+a key's features are divided by the data-independent bound exp(max_r |w_r|²/2) >= exp(w·x -
+|x|²/2), so key features are <= 1 without any statistic over other positions (FAVOR+'s global
+max over keys would let future keys influence the past through rounding and the eps term).
+Keys of norm far above |w| (~sqrt(d)) underflow to zero; the output is then zero, not NaN.
+
+The projection is a buffer (checkpointed) and is redrawn every `redraw_interval` training
+forward passes; draw n uses a generator seeded by (feature_seed, n), both buffers, so a
+resumed run draws the same projections.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.linear_kernel import (
+    LinearAttentionState,
+    chunked_causal_linear_attention,
+    linear_attention_matrix,
+    recurrent_linear_attention,
+)
+
+
+def orthogonal_random_features(nb_features: int, dim: int, generator: torch.Generator) -> Tensor:
+    """(nb_features, dim) rows: orthogonal within blocks of `dim`, Gaussian-distributed norms."""
+    blocks = []
+    for _ in range(math.ceil(nb_features / dim)):
+        gaussian = torch.randn(dim, dim, generator=generator)
+        q, _ = torch.linalg.qr(gaussian)
+        blocks.append(q.T)  # rows orthonormal
+    rows = torch.cat(blocks)[:nb_features]
+    norms = torch.randn(nb_features, dim, generator=generator).norm(dim=1, keepdim=True)
+    return rows * norms
+
+
+class PerformerAttention(CausalSelfAttention):
+    """Causal FAVOR+ attention with positive orthogonal random features."""
+
+    def __init__(
+        self,
+        *args: Any,
+        nb_features: int | None = None,
+        redraw_interval: int | None = 1000,
+        chunk_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        d = self.head_dim
+        self.nb_features = nb_features or max(1, round(d * math.log(d)))  # ~ d ln d
+        if redraw_interval is not None and redraw_interval < 1:
+            raise ValueError(
+                f"attention.redraw_interval must be >= 1 or null, got {redraw_interval}"
+            )
+        self.redraw_interval = redraw_interval
+        self.chunk_size = chunk_size
+        self.attn_dropout = nn.Identity()  # no dropout on an implicit matrix
+        self.register_buffer("feature_seed", torch.randint(2**31 - 1, ()))  # from the global seed
+        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("projection", self.draw_projection(0))  # (M, d)
+
+    def draw_projection(self, draw: int) -> Tensor:
+        generator = torch.Generator().manual_seed(int(self.feature_seed) * 1_000_003 + draw)
+        return orthogonal_random_features(self.nb_features, self.head_dim, generator)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        if self.training and self.redraw_interval is not None:
+            step = int(self.training_steps)
+            if step > 0 and step % self.redraw_interval == 0:
+                draw = step // self.redraw_interval
+                self.projection.copy_(self.draw_projection(draw).to(self.projection))
+            self.training_steps += 1
+        return super().forward(x, *args, **kwargs)
+
+    def features(self, x: Tensor, is_query: bool) -> Tensor:
+        """φ(x) (B, H, T, M) up to a per-row (queries) or global (keys) constant factor."""
+        w = self.projection.to(x.dtype)  # (M, d)
+        x = x * self.head_dim**-0.25
+        logits = x @ w.T - (x * x).sum(-1, keepdim=True) / 2  # (B, H, T, M)
+        if is_query:
+            logits = logits - logits.amax(-1, keepdim=True).detach()
+        else:
+            logits = logits - (w * w).sum(-1).max() / 2
+        return torch.exp(logits)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q, k = self.features(q, True), self.features(k, False)
+        return chunked_causal_linear_attention(q, k, v, self.chunk_size, 0.0, state=None)
+
+    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+        return linear_attention_matrix(self.features(q, True), self.features(k, False), 0.0)
+
+    def new_cache(self) -> LinearAttentionState:
+        return LinearAttentionState()
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState) -> Tensor:
+        q, k = self.features(q, True), self.features(self.repeat_kv(k), False)
+        v = self.repeat_kv(v)
+        if q.size(2) == 1:
+            return recurrent_linear_attention(q, k, v, 0.0, cache)
+        return chunked_causal_linear_attention(q, k, v, self.chunk_size, 0.0, cache)
