@@ -1,28 +1,36 @@
-"""Make Lightning's DDP child processes re-run exactly the current Hydra job.
+"""DDP jobs inside a Hydra multirun: each job's ranks run exactly that job, then leave no trace.
 
 Lightning's subprocess launcher starts rank k > 0 by re-running the command line (`sys.argv`)
-with `hydra.run.dir=<HydraConfig.run.dir>`. In a multirun, `sys.argv` holds `-m` and the
-whole sweep, and `run.dir` is not the job's directory: each child would start a sweep of
-its own and pair with rank 0 only by luck. Before `trainer.fit`, we rewrite both so the
-child command is this job's own override list, run in this job's output directory.
+with `hydra.run.dir=<HydraConfig.run.dir>`. In a multirun, `sys.argv` holds `-m` and the whole
+sweep, and `run.dir` is not the job's directory: each child would start a sweep of its own and
+pair with rank 0 only by luck. The launcher also leaves `LOCAL_RANK`, `MASTER_PORT`, ... in the
+environment and the process group open, so the next job of the sweep would believe its ranks
+were launched externally and wait for them forever.
+
+`ddp_job_scope()` fixes both: before fit, the child command becomes this job's own override
+list run in this job's output directory; after the job, the process group is destroyed and
+the environment restored.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import open_dict
+from omegaconf import open_dict, read_write
 
 
-def pin_ddp_children_to_job() -> None:
-    """No-op outside a Hydra multirun; there, point re-launched ranks at this job only."""
-    if not HydraConfig.initialized():
-        return
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _pin_children_to_job() -> None:
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
     flags = [f"--config-name={hydra_cfg.job.config_name}"]
     flags += [
         f"--config-dir={source.path}"
@@ -30,5 +38,23 @@ def pin_ddp_children_to_job() -> None:
         if source.provider == "command-line"
     ]
     sys.argv = [sys.argv[0], *flags, *hydra_cfg.overrides.task]
-    with open_dict(hydra_cfg):
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+@contextmanager
+def ddp_job_scope() -> Iterator[None]:
+    """Wrap one job's fit/test. A no-op outside a Hydra multirun."""
+    if not _in_multirun():
+        yield
+        return
+    argv, environ = list(sys.argv), dict(os.environ)
+    _pin_children_to_job()
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.argv = argv

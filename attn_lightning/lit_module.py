@@ -90,8 +90,12 @@ class LitGPT(L.LightningModule):
         cfg = self.hparams.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {
+                "name": "decay",
+                "params": [p for p in params if p.dim() >= 2],
+                "weight_decay": cfg["weight_decay"],
+            },
+            {"name": "no_decay", "params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from attn_lightning.config import CONFIG_DIR, print_config
-from attn_lightning.ddp_multirun import pin_ddp_children_to_job
+from attn_lightning.ddp_multirun import ddp_job_scope
 from attn_lightning.lit_module import LitGPT
 
 
@@ -37,12 +37,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tokenizer=datamodule.tokenizer.state_dict(),
     )
     trainer = build_trainer(cfg)
-    pin_ddp_children_to_job()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if cfg.test:
-        checkpoint = trainer.checkpoint_callback
-        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        trainer.test(module, datamodule=datamodule, ckpt_path=best)
+    with ddp_job_scope():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if cfg.test:
+            checkpoint = trainer.checkpoint_callback
+            best = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            trainer.test(module, datamodule=datamodule, ckpt_path=best)
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
 
 

@@ -1,0 +1,132 @@
+"""Lightning's training loop against a plain PyTorch loop: same model, same batches.
+
+    python -m attn_lightning.bench throughput [--steps N] [--warmup N] [--repeats N] [overrides]
+
+Overrides are Hydra overrides of the training config (default: the CPU preset). Both loops
+start from the same initial weights and see the same batches, so their final losses must be
+identical on CPU: the benchmark checks that before it prints the ratio. Lightning runs with the
+configured callbacks and loggers, as a user's run does; validation is left out of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from attn_lightning.config import CONFIG_DIR
+from attn_lightning.data.windows import RandomWindowBatches
+from attn_lightning.lit_module import LitGPT
+from attn_lightning.train import build_trainer, plain
+
+
+class StepClock(L.Callback):
+    """Wall time from the end of warm-up step `warmup` to the end of the last step."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+        self.last_loss = float("nan")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, *_: Any):
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
+        self.last_loss = float(outputs["loss"])
+
+
+def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:
+    """The module (seeded init) and the step-indexed batches a training run would see."""
+    L.seed_everything(cfg.seed, verbose=False)
+    dm = instantiate(cfg.data)
+    module = LitGPT(
+        plain(cfg.model), plain(cfg.attention), plain(cfg.optim), dm.tokenizer.state_dict()
+    )
+    batches = RandomWindowBatches(
+        dm.splits[0], dm.block_size, dm.batch_size, cfg.trainer.max_steps, seed=cfg.seed
+    )
+    return module, batches
+
+
+def run_lightning(cfg: Any, warmup: int) -> tuple[float, float]:
+    """(seconds for the timed steps, final loss) with the Lightning Trainer."""
+    module, batches = build(cfg)
+    clock = StepClock(warmup)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(clock)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return clock.end - clock.start, clock.last_loss
+
+
+def run_plain(cfg: Any, warmup: int) -> tuple[float, float]:
+    """(seconds for the timed steps, final loss) with a hand-written loop doing the same
+    optimisation: AdamW + schedule from the module, gradient clipping from the trainer config."""
+    module, batches = build(cfg)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    clip = cfg.trainer.gradient_clip_val
+    model = module.model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # Lightning's order
+    start = 0.0
+    for step, (x, y) in enumerate(DataLoader(batches, batch_size=None), start=1):
+        loss = model(x, y).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        scheduler.step()
+        if step == warmup:
+            start = time.perf_counter()
+    return time.perf_counter() - start, float(loss)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m attn_lightning.bench throughput")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps at the start")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop (median)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer=gpu")
+    args = parser.parse_args(argv)
+    if not 0 < args.warmup < args.steps:
+        parser.error("need 0 < --warmup < --steps")
+
+    with (
+        tempfile.TemporaryDirectory() as out,
+        initialize_config_dir(CONFIG_DIR, version_base="1.3"),
+    ):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"trainer.max_steps={args.steps}",
+                "++trainer.limit_val_batches=0",
+                "trainer.num_sanity_val_steps=0",
+                f"paths.output_dir={out}",
+                *args.overrides,
+            ],
+        )
+        tokens = (args.steps - args.warmup) * cfg.data.batch_size * cfg.model.block_size
+        results: dict[str, list[tuple[float, float]]] = {"plain": [], "lightning": []}
+        for _ in range(args.repeats):  # interleaved, so drifting machine load hits both
+            results["plain"].append(run_plain(cfg, args.warmup))
+            results["lightning"].append(run_lightning(cfg, args.warmup))
+
+    losses = {name: {loss for _, loss in runs} for name, runs in results.items()}
+    speed = {name: tokens / statistics.median(t for t, _ in runs) for name, runs in results.items()}
+    print(f"\nthroughput: {args.steps} steps ({args.warmup} untimed), median of {args.repeats}")
+    print("| loop | tokens/s | ms/step | final train loss |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in ("plain", "lightning"):
+        ms = 1000 * tokens / speed[name] / (args.steps - args.warmup)
+        print(f"| {name} | {speed[name]:,.0f} | {ms:.2f} | {sorted(losses[name])[0]:.6f} |")
+    same = losses["plain"] == losses["lightning"] and len(losses["plain"]) == 1
+    print(f"lightning/plain = {speed['lightning'] / speed['plain']:.3f}")
+    print(f"identical losses (same model, same batches): {'yes' if same else 'NO'}")
