@@ -89,6 +89,37 @@ def run_plain(cfg: Any, warmup: int) -> tuple[float, float]:
     return time.perf_counter() - start, float(loss)
 
 
+def measure(overrides: list[str], steps: int, warmup: int, repeats: int) -> dict[str, dict]:
+    """Per loop: median tokens/s over `repeats` runs and the set of final losses seen."""
+    with (
+        tempfile.TemporaryDirectory() as out,
+        initialize_config_dir(CONFIG_DIR, version_base="1.3"),
+    ):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"trainer.max_steps={steps}",
+                "++trainer.limit_val_batches=0",
+                "trainer.num_sanity_val_steps=0",
+                f"paths.output_dir={out}",
+                *overrides,
+            ],
+        )
+        tokens = (steps - warmup) * cfg.data.batch_size * cfg.model.block_size
+        runs: dict[str, list[tuple[float, float]]] = {"plain": [], "lightning": []}
+        for _ in range(repeats):  # interleaved, so drifting machine load hits both
+            runs["plain"].append(run_plain(cfg, warmup))
+            runs["lightning"].append(run_lightning(cfg, warmup))
+    return {
+        name: {
+            "tokens_per_sec": tokens / statistics.median(t for t, _ in results),
+            "ms_per_step": 1000 * statistics.median(t for t, _ in results) / (steps - warmup),
+            "final_losses": {loss for _, loss in results},
+        }
+        for name, results in runs.items()
+    }
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m attn_lightning.bench throughput")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
@@ -98,35 +129,14 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
-
-    with (
-        tempfile.TemporaryDirectory() as out,
-        initialize_config_dir(CONFIG_DIR, version_base="1.3"),
-    ):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"trainer.max_steps={args.steps}",
-                "++trainer.limit_val_batches=0",
-                "trainer.num_sanity_val_steps=0",
-                f"paths.output_dir={out}",
-                *args.overrides,
-            ],
-        )
-        tokens = (args.steps - args.warmup) * cfg.data.batch_size * cfg.model.block_size
-        results: dict[str, list[tuple[float, float]]] = {"plain": [], "lightning": []}
-        for _ in range(args.repeats):  # interleaved, so drifting machine load hits both
-            results["plain"].append(run_plain(cfg, args.warmup))
-            results["lightning"].append(run_lightning(cfg, args.warmup))
-
-    losses = {name: {loss for _, loss in runs} for name, runs in results.items()}
-    speed = {name: tokens / statistics.median(t for t, _ in runs) for name, runs in results.items()}
+    result = measure(args.overrides, args.steps, args.warmup, args.repeats)
     print(f"\nthroughput: {args.steps} steps ({args.warmup} untimed), median of {args.repeats}")
     print("| loop | tokens/s | ms/step | final train loss |")
     print("| --- | ---: | ---: | ---: |")
-    for name in ("plain", "lightning"):
-        ms = 1000 * tokens / speed[name] / (args.steps - args.warmup)
-        print(f"| {name} | {speed[name]:,.0f} | {ms:.2f} | {sorted(losses[name])[0]:.6f} |")
-    same = losses["plain"] == losses["lightning"] and len(losses["plain"]) == 1
-    print(f"lightning/plain = {speed['lightning'] / speed['plain']:.3f}")
+    for name, r in result.items():
+        losses = ", ".join(f"{loss:.6f}" for loss in sorted(r["final_losses"]))
+        print(f"| {name} | {r['tokens_per_sec']:,.0f} | {r['ms_per_step']:.2f} | {losses} |")
+    ratio = result["lightning"]["tokens_per_sec"] / result["plain"]["tokens_per_sec"]
+    same = result["plain"]["final_losses"] == result["lightning"]["final_losses"]
+    print(f"lightning/plain = {ratio:.3f}")
     print(f"identical losses (same model, same batches): {'yes' if same else 'NO'}")
