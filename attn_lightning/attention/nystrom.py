@@ -44,12 +44,15 @@ from attn_lightning.attention.base import CausalSelfAttention
 
 
 def triangular_inverse(A: Tensor, iterations: int) -> Tensor:
-    """Newton–Schulz inverse of lower-triangular (..., m, m) A, started at diag(A)^-1."""
-    eye = torch.eye(A.size(-1), device=A.device, dtype=A.dtype)
-    Z = torch.diag_embed(1.0 / A.diagonal(dim1=-2, dim2=-1))
+    """Newton–Schulz inverse of lower-triangular (..., m, m) A, started at diag(A)^-1.
+
+    Runs in float64 (m x m is small; the iteration amplifies rounding in float32)."""
+    A64 = A.double()
+    eye = torch.eye(A.size(-1), device=A.device, dtype=A64.dtype)
+    Z = torch.diag_embed(1.0 / A64.diagonal(dim1=-2, dim2=-1))
     for _ in range(iterations):
-        Z = Z @ (2 * eye - A @ Z)
-    return Z
+        Z = Z @ (2 * eye - A64 @ Z)
+    return Z.to(A.dtype)
 
 
 class NystromAttention(CausalSelfAttention):
