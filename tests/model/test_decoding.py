@@ -1,0 +1,86 @@
+"""Incremental decoding (KV caches, recurrent states) gives the logits of full recomputation,
+for every attention variant, before and after the context passes block_size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from attn_lightning.attention.kv_cache import KVCache
+from attn_lightning.model.gpt import GPT, IncrementalDecoder
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "attention"
+VARIANTS = sorted(p.stem for p in CONF.glob("*.yaml"))
+SMALL = {"chunk_size": 4, "k": 4, "num_landmarks": 4, "block": 4, "window": 5}
+BLOCK = 16
+
+
+def gpt(variant: str, pos_embedding: str = "learned", **overrides) -> GPT:
+    cfg = OmegaConf.load(CONF / f"{variant}.yaml")
+    for key, value in {**SMALL, **overrides}.items():
+        if key in cfg or key in overrides:
+            cfg[key] = value
+    torch.manual_seed(0)
+    return GPT(65, 3, 4, 32, BLOCK, instantiate(cfg), pos_embedding=pos_embedding).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("pos_embedding", ["learned", "none"])
+def test_incremental_equals_full_recomputation(variant: str, pos_embedding: str) -> None:
+    model = gpt(variant, pos_embedding)
+    sequence = torch.randint(65, (2, 2 * BLOCK + 5))
+    decoder = IncrementalDecoder(model)
+    with torch.no_grad():
+        for T in range(3, sequence.size(1) + 1):  # prompt of 3, then one token at a time
+            full = model.full_logits(sequence[:, :T])
+            torch.testing.assert_close(decoder(sequence[:, :T]), full, rtol=1e-4, atol=1e-5)
+
+
+def test_incremental_feeds_one_token_while_the_context_fits() -> None:
+    model = gpt("vanilla")
+    decoder = IncrementalDecoder(model)
+    sequence = torch.randint(65, (1, BLOCK))
+    decoder(sequence[:, :5])
+    caches = decoder.caches
+    decoder(sequence[:, :6])
+    assert decoder.caches is caches and caches[0].length == 6 and caches[0].k.size(2) == 6
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "performer", "nystrom"])
+def test_generate_incremental_equals_full(variant: str) -> None:
+    model = gpt(variant, rope=True)
+    prompt = torch.randint(65, (2, 7))
+    fast = model.generate(prompt, 30, temperature=0)
+    slow = model.generate(prompt, 30, temperature=0, incremental=False)
+    assert torch.equal(fast, slow)
+    sampled = model.generate(prompt, 30, generator=torch.Generator().manual_seed(1))
+    again = model.generate(
+        prompt, 30, generator=torch.Generator().manual_seed(1), incremental=False
+    )
+    assert torch.equal(sampled, again)
+
+
+@pytest.mark.parametrize(
+    ("variant", "kv_heads", "kept"), [("mqa", 1, 10), ("gqa", 2, 10), ("sliding_window", 4, 5)]
+)
+def test_cache_sizes(variant: str, kv_heads: int, kept: int) -> None:
+    model = gpt(variant)
+    decoder = IncrementalDecoder(model)
+    decoder(torch.randint(65, (3, 10)))
+    cache = decoder.caches[0]
+    assert isinstance(cache, KVCache)
+    assert cache.k.shape == (3, kv_heads, kept, 8)
+
+
+def test_recurrent_state_does_not_grow() -> None:
+    model = gpt("linear")
+    decoder = IncrementalDecoder(model)
+    sequence = torch.randint(65, (1, BLOCK))
+    decoder(sequence[:, :2])
+    shape = decoder.caches[0].S.shape
+    decoder(sequence)
+    assert decoder.caches[0].S.shape == shape == (1, 4, 8, 8)
