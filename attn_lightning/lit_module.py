@@ -67,7 +67,9 @@ class LitGPT(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = self.model(x, y).loss
-        self.log("train/loss", loss, prog_bar=True)
+        # Not on the progress bar: RichProgressBar reads its metrics every step, which would
+        # force a device sync per step (25% of GPU throughput on the baby GPT).
+        self.log("train/loss", loss)
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:

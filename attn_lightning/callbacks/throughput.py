@@ -39,7 +39,9 @@ class TokenThroughput(L.Callback):
                 "train/tokens_per_sec": self._window_tokens / elapsed,
                 "train/tokens_seen": float(self.tokens_seen),
             }
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log_dict(
+                metrics, on_step=True, on_epoch=False, prog_bar=True, rank_zero_only=True
+            )
             self._window_tokens, self._window_start = 0, None
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
