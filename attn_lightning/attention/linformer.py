@@ -17,12 +17,11 @@ completed segments l < g and, exactly, to the keys j of its own segment with j <
 
 What it approximates: Linformer's low-rank premise, applied to the past only (each completed
 segment of s tokens is seen through one learned summary); what it gives up: exact access to any
-single past token outside the current segment. (The code forms the masked (T, T) local scores
-for clarity, so it is not faster than softmax here; a segment-blocked version would be
-O(n (k + s)).) The equivalent matrix (materialised for `return_attn`) puts a_il F_{l, j-ls} on each
-past j: its rows do not sum to 1 (F is a free linear map, as in the paper). The constructor
-refuses k that does not divide block_size. Decoding uses the base's fallback: cache q, k, v and
-recompute the core over the window.
+single past token outside the current segment; cost O(n (k + s)) instead of Linformer's
+O(n k) (segments.py). The equivalent matrix (materialised for `return_attn`) puts
+a_il F_{l, j-ls} on each past j: its rows do not sum to 1 (F is a free linear map, as in the
+paper). The constructor refuses k that does not divide block_size. Decoding uses the base's
+fallback: cache q, k, v and recompute the core over the window.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.segments import segment_attention, segment_weights
 
 
 class LinformerAttention(CausalSelfAttention):
@@ -53,35 +53,20 @@ class LinformerAttention(CausalSelfAttention):
         self.E = nn.Parameter(torch.randn(k, s) / math.sqrt(s))  # row l: weights of segment l
         self.F = nn.Parameter(torch.randn(k, s) / math.sqrt(s))
 
-    def _weights(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Softmax weights on compressed past segments (B, H, T, n_seg) and on exact keys of the
-        current segment (B, H, T, T)."""
-        B, H, T, D = q.shape
-        s, n_full = self.segment, T // self.segment
-        seg_k = k[:, :, : n_full * s].view(B, H, n_full, s, D)
-        k_c = (self.E[:n_full, :, None] * seg_k).sum(3)  # (B, H, n_full, D)
-        pos = torch.arange(T, device=q.device)
-        seg = pos // s
-        past = torch.arange(n_full, device=q.device)[None, :] < seg[:, None]  # (T, n_full)
-        local = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])  # (T, T)
-        scores_c = (q @ k_c.transpose(-2, -1)).masked_fill(~past, -math.inf)
-        scores_l = (q @ k.transpose(-2, -1)).masked_fill(~local, -math.inf)
-        weights = F.softmax(torch.cat((scores_c, scores_l), -1) / math.sqrt(D), dim=-1)
-        return weights.split([n_full, T], dim=-1)
-
-    def _compress_v(self, v: Tensor) -> Tensor:
-        B, H, T, D = v.shape
+    def _compress(self, x: Tensor, weights: Tensor) -> Tensor:
+        """Completed segments of (B, H, T, D) -> one row each, (B, H, n_full, D)."""
+        B, H, T, D = x.shape
         n_full = T // self.segment
-        seg_v = v[:, :, : n_full * self.segment].view(B, H, n_full, self.segment, D)
-        return (self.F[:n_full, :, None] * seg_v).sum(3)  # (B, H, n_full, D)
+        segments = x[:, :, : n_full * self.segment].view(B, H, n_full, self.segment, D)
+        return (weights[:n_full, :, None] * segments).sum(3)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        w_c, w_l = self._weights(q, k)
-        return self.attn_dropout(w_c) @ self._compress_v(v) + self.attn_dropout(w_l) @ v
+        k_c, v_c = self._compress(k, self.E), self._compress(v, self.F)
+        return segment_attention(q, k, v, k_c, v_c, self.segment, dropout_p=self.dropout_p)
 
     def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
         T = q.size(2)
-        w_c, w_l = self._weights(q, k)
+        w_c, w_l = segment_weights(q, k, self._compress(k, self.E), self.segment)
         n_full = w_c.size(-1)
         spread = torch.block_diag(*self.F[:n_full, None, :]) if n_full else w_c.new_zeros(0, 0)
         spread = F.pad(spread, (0, T - spread.size(1)))  # (n_full, T): F placed on its segment

@@ -26,8 +26,8 @@ sum to 1 (entries may be negative, as in Nyströmformer).
 What it approximates: softmax attention to the past through a rank-(g) Nyström factorisation
 with landmarks from completed segments; what it gives up: exact access to any single past token
 outside the current segment, and the landmarks' view of their own segment is the mean of it.
-The constructor refuses num_landmarks that does not divide block_size. The code forms (T, T)
-masked scores for clarity (not faster than softmax here). Decoding uses the base's fallback:
+The constructor refuses num_landmarks that does not divide block_size. Cost O(T (m + s)) per
+head for the queries (segments.py), plus O(m T) for B. Decoding uses the base's fallback:
 cache q, k, v and recompute the core over the window.
 """
 
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.segments import segment_attention, segment_weights
 
 
 def triangular_inverse(A: Tensor, iterations: int) -> Tensor:
@@ -74,32 +75,26 @@ class NystromAttention(CausalSelfAttention):
         self.pinv_iterations = pinv_iterations
         self.segment = self.block_size // num_landmarks
 
-    def _factors(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Weights on landmarks (B, H, T, m'), on exact local keys (B, H, T, T), and
-        Ã⁻¹ B (B, H, m', T), with m' = completed segments."""
+    def _landmarks(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Landmark keys k̃ (B, H, m', D) and Ã⁻¹ B (B, H, m', T), m' = completed segments."""
         B, H, T, D = q.shape
         s, m = self.segment, T // self.segment
         scale = 1 / math.sqrt(D)
         q_lm = q[:, :, : m * s].view(B, H, m, s, D).mean(3)  # (B, H, m, D)
         k_lm = k[:, :, : m * s].view(B, H, m, s, D).mean(3)
-        pos, lm = torch.arange(T, device=q.device), torch.arange(m, device=q.device)
-        seg = pos // s
-        b_mask = seg[None, :] <= lm[:, None]  # (m, T): keys of segments <= l
+        lm = torch.arange(m, device=q.device)
+        b_mask = torch.arange(T, device=q.device)[None, :] // s <= lm[:, None]  # (m, T)
         B_lm = F.softmax((q_lm @ k.transpose(-2, -1) * scale).masked_fill(~b_mask, -math.inf), -1)
-        a_mask = lm[None, :] <= lm[:, None]  # (m, m)
+        a_mask = lm[None, :] <= lm[:, None]  # (m, m) lower triangular
         A = F.softmax((q_lm @ k_lm.transpose(-2, -1) * scale).masked_fill(~a_mask, -math.inf), -1)
-        Z = triangular_inverse(A, self.pinv_iterations)  # (B, H, m, m)
-        past = lm[None, :] < seg[:, None]  # (T, m)
-        local = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])  # (T, T)
-        scores_lm = (q @ k_lm.transpose(-2, -1) * scale + math.log(s)).masked_fill(~past, -math.inf)
-        scores_l = (q @ k.transpose(-2, -1) * scale).masked_fill(~local, -math.inf)
-        w_lm, w_l = F.softmax(torch.cat((scores_lm, scores_l), -1), dim=-1).split([m, T], -1)
-        return w_lm, w_l, Z @ B_lm
+        return k_lm, triangular_inverse(A, self.pinv_iterations) @ B_lm
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        w_lm, w_l, ZB = self._factors(q, k)
-        return self.attn_dropout(w_lm) @ (ZB @ v) + self.attn_dropout(w_l) @ v
+        k_lm, ZB = self._landmarks(q, k)
+        bias = math.log(self.segment)
+        return segment_attention(q, k, v, k_lm, ZB @ v, self.segment, bias, self.dropout_p)
 
     def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
-        w_lm, w_l, ZB = self._factors(q, k)
+        k_lm, ZB = self._landmarks(q, k)
+        w_lm, w_l = segment_weights(q, k, k_lm, self.segment, math.log(self.segment))
         return w_l + w_lm @ ZB

@@ -11,8 +11,11 @@ from attention_variants import SHAPE
 T = SHAPE["block_size"]
 
 
+@pytest.mark.parametrize("T", [T, T - 3])  # T - 3: a partial last chunk / segment / block
 @pytest.mark.parametrize("rope", [False, True])
-def test_matrix_is_what_produces_the_output(make_attention, variant: str, rope: bool) -> None:
+def test_matrix_is_what_produces_the_output(
+    make_attention, variant: str, rope: bool, T: int
+) -> None:
     torch.manual_seed(0)
     attn = make_attention(variant) if variant == "rotary" else make_attention(variant, rope=rope)
     x = torch.randn(2, T, SHAPE["n_embd"])
