@@ -36,31 +36,31 @@ def chunked_causal_linear_attention(
 ) -> Tensor:
     """q, k: (B, H, T, M) non-negative features; v: (B, H, T, D) -> (B, H, T, D).
 
-    Continues from `state` and advances it when one is given."""
+    Continues from `state` and advances it when one is given. The normaliser rides along as
+    an extra value channel of ones: [S | z] = Σ φ(k) [v | 1]^T, one product for both."""
     B, H, T, M = q.shape
     D = v.size(-1)
     C = min(chunk_size, T)
     pad = (-T) % C  # zero features at the end contribute nothing
+    v = torch.cat((v, v.new_ones(B, H, T, 1)), dim=-1)  # (B, H, T, D+1)
     q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     N = (T + pad) // C
-    qc, kc, vc = q.view(B, H, N, C, M), k.view(B, H, N, C, M), v.view(B, H, N, C, D)
+    qc, kc, vc = q.view(B, H, N, C, M), k.view(B, H, N, C, M), v.view(B, H, N, C, D + 1)
 
     within = (qc @ kc.transpose(-2, -1)).tril()  # (B, H, N, C, C) causal inside each chunk
-    num = within @ vc  # (B, H, N, C, D)
-    den = within.sum(-1)  # (B, H, N, C)
-
-    kv = kc.transpose(-2, -1) @ vc  # (B, H, N, M, D) one chunk's contribution to S
-    ksum = kc.sum(-2)  # (B, H, N, M)
-    S = F.pad(kv.cumsum(2), (0, 0, 0, 0, 1, 0))  # (B, H, N+1, M, D) S before chunk n
-    z = F.pad(ksum.cumsum(2), (0, 0, 1, 0))  # (B, H, N+1, M)
+    out = within @ vc  # (B, H, N, C, D+1)
+    kv = kc.transpose(-2, -1) @ vc  # (B, H, N, M, D+1) one chunk's contribution to [S | z]
+    total = kv.cumsum(2)
+    before = total - kv  # (B, H, N, M, D+1) [S | z] before chunk n
     if state is not None and state.S is not None:
-        S = S + state.S[:, :, None]
-        z = z + state.z[:, :, None]
-    num = num + qc @ S[:, :, :N]
-    den = den + (qc @ z[:, :, :N, :, None]).squeeze(-1)
+        carried = torch.cat((state.S, state.z[..., None]), dim=-1)[:, :, None]
+        before, total = before + carried, total + carried
+    out = out + qc @ before
     if state is not None:
-        state.S, state.z, state.length = S[:, :, N], z[:, :, N], state.length + T
-    return _normalise(num, den, eps).reshape(B, H, N * C, D)[:, :, :T]
+        state.S, state.z = total[:, :, -1, :, :D], total[:, :, -1, :, D]
+        state.length += T
+    out = out.reshape(B, H, N * C, D + 1)[:, :, :T]
+    return _normalise(out[..., :D], out[..., D], eps)
 
 
 def recurrent_linear_attention(
