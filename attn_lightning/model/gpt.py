@@ -10,9 +10,10 @@ the softmax family, a recurrent state for kernel attention; see attention/base.p
 `IncrementalDecoder` feeds only the new token. Its logits equal full recomputation
 (`model(idx[:, -block_size:])`) at every step. Past block_size, full recomputation crops the
 context, which shifts every position (learned embeddings, RoPE phases, segment boundaries) and
-changes every hidden state of a multi-layer model, so no cache survives the slide: the decoder
-then re-fills the caches from the cropped window (one forward of block_size tokens per new
-token, as full recomputation does).
+changes every hidden state of a multi-layer model, so no cache survives the slide: once the
+window is full the decoder computes the cropped window in full (one forward of block_size tokens
+per new token, as full recomputation does, and no cache is built that the next slide would
+discard). Incremental decoding pays off while the context fits in block_size.
 """
 
 from __future__ import annotations
@@ -212,9 +213,9 @@ class IncrementalDecoder:
     """Next-token logits for a growing sequence, reusing per-layer caches.
 
     Call it with the whole sequence so far (B, T); it feeds the model only the tokens its caches
-    have not seen. Equal to `model.full_logits(idx)` at every call: while the sequence fits in
-    block_size the caches extend it; once it is longer, the cropped window starts at a new
-    token at every step, so the caches are rebuilt from that window (see the module docstring).
+    have not seen. Equal to `model.full_logits(idx)` at every call: while the sequence is shorter
+    than block_size the caches extend it; from then on the cropped window starts at a new token
+    at every step and is recomputed in full (see the module docstring).
     """
 
     def __init__(self, model: GPT) -> None:
@@ -223,11 +224,13 @@ class IncrementalDecoder:
         self.seen = 0  # tokens of idx covered by the caches (idx[:, :seen])
 
     def __call__(self, idx: Tensor) -> Tensor:
-        T = idx.size(1)
-        if self.model.block_size >= T and 0 < self.seen < T:
-            new = idx[:, self.seen :]
-        else:  # first call, or the window slid: refill from the cropped context
-            self.caches = self.model.new_caches()
-            new = idx[:, -self.model.block_size :]
-        self.seen = T
+        length = idx.size(1)
+        # a full window slides at the next call: a cache built now would be discarded unused
+        if length >= self.model.block_size:
+            self.caches, self.seen = [], 0
+            return self.model.full_logits(idx)
+        if not 0 < self.seen < length:  # first call (or a sequence not continuing the last one)
+            self.caches, self.seen = self.model.new_caches(), 0
+        new = idx[:, self.seen :]
+        self.seen = length
         return self.model(new, caches=self.caches).logits[:, -1, :]

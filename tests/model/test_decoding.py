@@ -79,8 +79,9 @@ def test_cache_sizes(variant: str, kv_heads: int, kept: int) -> None:
 def test_recurrent_state_does_not_grow() -> None:
     model = gpt("linear")
     decoder = IncrementalDecoder(model)
-    sequence = torch.randint(65, (1, BLOCK))
+    sequence = torch.randint(65, (1, BLOCK - 1))
     decoder(sequence[:, :2])
     shape = decoder.caches[0].S.shape
     decoder(sequence)
+    assert decoder.caches[0].length == BLOCK - 1
     assert decoder.caches[0].S.shape == shape == (1, 4, 8, 8)
