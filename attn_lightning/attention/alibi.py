@@ -11,6 +11,7 @@ embeddings as well it still works, it is just not ALiBi as published). Decodes w
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,7 +37,7 @@ class ALiBiAttention(VanillaAttention):
 
     is_plain_causal = False
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("slopes", alibi_slopes(self.n_head), persistent=False)
 
