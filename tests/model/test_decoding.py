@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from attn_lightning.attention.kv_cache import KVCache
+from attn_lightning.bench import generation
 from attn_lightning.model.gpt import GPT, IncrementalDecoder
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "attention"
@@ -85,3 +86,14 @@ def test_recurrent_state_does_not_grow() -> None:
     decoder(sequence)
     assert decoder.caches[0].length == BLOCK - 1
     assert decoder.caches[0].S.shape == shape == (1, 4, 8, 8)
+
+
+def test_generation_benchmark_prints_a_row_per_variant(capsys: pytest.CaptureFixture) -> None:
+    argv = ["--attention", "vanilla", "performer", "--prompt-len", "4", "--new-tokens", "6"]
+    generation.main([*argv, "--repeats", "1", "--block-size", "16"])
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| vanilla")] + [
+        line for line in table.splitlines() if line.startswith("| performer")
+    ]
+    assert len(rows) == 2
+    assert all(row.endswith("| yes |") for row in rows), table
