@@ -2,6 +2,11 @@
 
 Everything needed to rebuild the model and its tokenizer is in `hparams` (plain containers),
 so a checkpoint alone loads: `LitGPT.load_from_checkpoint(path)`.
+
+Evaluation logs, per stage (`val`, `test`, and `test_long` for tasks): `loss` and `ppl` per
+token, `bpc` (bits per character, so character and BPE models compare), and on synthetic tasks
+(a datamodule with `answer_metrics`) `answer_token_acc` (teacher forced) and `exact_match`
+(the whole answer right under greedy decoding).
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from attn_lightning.model.gpt import GPT
+
+IGNORE = -100  # targets the loss skips: padding and the prompts of synthetic tasks
+METRICS = ("loss", "ppl", "bpc", "answer_token_acc", "exact_match")  # per evaluation stage
 
 
 def warmup_cosine(
@@ -32,11 +41,55 @@ def warmup_cosine(
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+class BitsPerCharacter(Metric):
+    """Total nats over the targets / (ln 2 * characters those targets decode to)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nats", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("chars", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, total_nats: Tensor, num_chars: Tensor) -> None:
+        self.nats += total_nats.detach().float()
+        self.chars += num_chars.float()
+
+    def compute(self) -> Tensor:
+        return self.nats / (math.log(2) * self.chars)
+
+
+@torch.no_grad()
+def greedy_answers(model: GPT, inputs: Tensor, targets: Tensor) -> Tensor:
+    """Answers produced by greedy decoding, not teacher forced, for a task batch.
+
+    Row b's answer is its kept targets (`targets[b] != -100`, one contiguous run starting at
+    position s); its prompt is `inputs[b, : s + 1]`. The model generates as many tokens as the
+    reference answer holds (its end token included, so stopping early or late is an error).
+    Returns (B, T) with the generated tokens where targets are kept and -100 elsewhere: compare
+    it with `targets`.
+    """
+    mask = targets != IGNORE  # (B, T)
+    starts, lengths = mask.int().argmax(dim=1), mask.sum(dim=1)  # (B,), (B,)
+    produced = torch.full_like(targets, IGNORE)
+    for start, length in torch.stack([starts, lengths], 1).unique(dim=0).tolist():
+        if length == 0:
+            continue
+        rows = (starts == start) & (lengths == length)
+        out = model.generate(inputs[rows, : start + 1], length, temperature=0)
+        produced[rows, start : start + length] = out[:, start + 1 :]
+    return produced
+
+
+def exact_matches(produced: Tensor, targets: Tensor) -> Tensor:
+    """(B,) bool: every kept target of the row reproduced."""
+    return ((produced == targets) | (targets == IGNORE)).all(dim=1)
+
+
 class LitGPT(L.LightningModule):
     """A GPT language model with AdamW and a warm-up + cosine schedule.
 
     Args:
-        model: GPT config with `_target_` (vocab_size comes from the tokenizer).
+        model: GPT config with `_target_`; vocab_size comes from the tokenizer (a config value,
+            as tasks set, must agree with it).
         attention: attention factory config (`_target_`, `_partial_: true`, hyperparameters).
         optim: lr, min_lr, warmup_steps, decay_steps, betas, weight_decay.
         tokenizer: the tokenizer's state dict (`_target_` plus its vocabulary).
@@ -55,11 +108,35 @@ class LitGPT(L.LightningModule):
             if not optim[key] > 0:
                 raise ValueError(f"optim.{key} must be positive, got {optim[key]}")
         self.tokenizer = instantiate(tokenizer)
+        vocab_size = self.tokenizer.vocab_size
+        if model.get("vocab_size") not in (None, vocab_size):
+            raise ValueError(
+                f"model.vocab_size={model['vocab_size']} but the tokenizer has {vocab_size} "
+                "tokens: drop the override (the model follows the data config)"
+            )
         self.model: GPT = instantiate(
-            model, vocab_size=self.tokenizer.vocab_size, attention=instantiate(attention)
+            model, vocab_size=vocab_size, attention=instantiate(attention)
         )
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_ppl, self.test_ppl = Perplexity(), Perplexity()
+        # Characters each token decodes to, for bits per character (not saved: derived).
+        chars = [len(self.tokenizer.decode([i])) for i in range(vocab_size)]
+        self.register_buffer("token_chars", torch.tensor(chars), persistent=False)
+        for stage in ("val", "test", "test_long"):
+            setattr(self, f"{stage}_loss", MeanMetric())
+            setattr(self, f"{stage}_ppl", Perplexity(ignore_index=IGNORE))
+            setattr(self, f"{stage}_bpc", BitsPerCharacter())
+            setattr(
+                self,
+                f"{stage}_answer_token_acc",
+                MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE),
+            )
+            setattr(self, f"{stage}_exact_match", MeanMetric())
+        self.answer_metrics = False  # set in setup() from the datamodule
+        self.test_splits: tuple[str, ...] = ("test",)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.answer_metrics = bool(getattr(datamodule, "answer_metrics", False))
+        self.test_splits = tuple(getattr(datamodule, "test_splits", ("test",)))
 
     def forward(self, idx: Tensor, targets: Tensor | None = None):
         return self.model(idx, targets)
@@ -75,17 +152,29 @@ class LitGPT(L.LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         x, y = batch
         out = self.model(x, y)
-        loss_metric, ppl_metric = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_ppl")
-        loss_metric.update(out.loss, weight=y.numel())
-        ppl_metric.update(out.logits.float(), y)
-        self.log(f"{stage}/loss", loss_metric, prog_bar=True)
-        self.log(f"{stage}/ppl", ppl_metric)
+        m = {name: getattr(self, f"{stage}_{name}") for name in METRICS}
+        kept = y != IGNORE
+        num_targets = kept.sum()
+        m["loss"].update(out.loss, weight=num_targets)
+        m["ppl"].update(out.logits.float(), y)
+        m["bpc"].update(out.loss * num_targets, self.token_chars[y[kept]].sum())
+        log = dict(add_dataloader_idx=False)  # test splits are told apart by their names
+        self.log(f"{stage}/loss", m["loss"], prog_bar=True, **log)
+        self.log(f"{stage}/ppl", m["ppl"], **log)
+        self.log(f"{stage}/bpc", m["bpc"], **log)
+        if self.answer_metrics:
+            m["answer_token_acc"].update(out.logits.argmax(-1), y)
+            m["exact_match"].update(exact_matches(greedy_answers(self.model, x, y), y).float())
+            self.log(f"{stage}/answer_token_acc", m["answer_token_acc"], **log)
+            self.log(f"{stage}/exact_match", m["exact_match"], prog_bar=True, **log)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._evaluate(batch, self.test_splits[dataloader_idx])
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with weight decay on matrices (and embeddings) only, as nanoGPT."""

@@ -1,0 +1,53 @@
+"""A few decoded task examples (prompt, expected, produced) at each validation, logged to
+TensorBoard's text tab as a table."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from attn_lightning.lit_module import IGNORE, greedy_answers
+
+
+def example_rows(
+    module: L.LightningModule, inputs: torch.Tensor, targets: torch.Tensor
+) -> list[tuple[str, str, str]]:
+    """(prompt, expected, produced) for each row: greedy decoding, as `val/exact_match`."""
+    decode = module.tokenizer.decode
+    produced = greedy_answers(module.model, inputs, targets)
+    rows = []
+    for x, y, p in zip(inputs.tolist(), targets.tolist(), produced.tolist(), strict=True):
+        kept = [j for j, t in enumerate(y) if t != IGNORE]
+        prompt = decode(x[: kept[0] + 1])
+        rows.append((prompt, decode([y[j] for j in kept]), decode([p[j] for j in kept])))
+    return rows
+
+
+class TaskExamples(L.Callback):
+    """Decodes the first `num_examples` validation examples greedily after each validation.
+    Does nothing for datamodules without fixed task examples (language modelling)."""
+
+    def __init__(self, num_examples: int = 8) -> None:
+        self.num_examples = num_examples
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if trainer.sanity_checking or not getattr(datamodule, "answer_metrics", False):
+            return
+        inputs, targets = datamodule.eval_set("val")[: self.num_examples]
+        was_training = pl_module.training
+        pl_module.eval()
+        rows = example_rows(pl_module, inputs.to(pl_module.device), targets.to(pl_module.device))
+        pl_module.train(was_training)
+        lines = ["| prompt | expected | produced | |", "| --- | --- | --- | --- |"]
+        for prompt, expected, produced in rows:
+            mark = "ok" if produced == expected else "**wrong**"
+            lines.append(f"| `{prompt}` | `{expected}` | `{produced}` | {mark} |")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(
+                    "samples/task_examples", "\n".join(lines), trainer.global_step
+                )

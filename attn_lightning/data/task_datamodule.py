@@ -1,0 +1,237 @@
+"""Synthetic tasks as a DataModule: training examples drawn on the fly, fixed evaluation sets.
+
+A batch is (inputs, targets), both (B, L-1), cut from padded `prompt = answer .` sequences of L
+tokens exactly as language-model windows are (targets = inputs shifted by one), except that the
+targets of the prompt and of the padding are -100: the loss counts the answer (its end token
+included) and nothing else. Evaluation batches have the same form, so the answer of row b is
+`targets[b][targets[b] != -100]` and its prompt is `inputs[b]` up to and including `=`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from attn_lightning.data.char_tokenizer import CharTokenizer
+from attn_lightning.data.tasks import EOS, SEP, Task, split_of
+
+IGNORE = -100
+
+
+def encode_examples(
+    examples: list[tuple[str, str]], vocabulary: str, length: int
+) -> tuple[Tensor, Tensor]:
+    """(prompt, answer) pairs -> inputs, targets (N, length - 1): `prompt=answer.` padded with
+    id 0 to `length` tokens, shifted by one; targets outside the answer (and its `.`) are -100."""
+    stoi = {c: i for i, c in enumerate(vocabulary)}
+    ids = np.zeros((len(examples), length), dtype=np.int64)  # (N, L), id 0 is padding
+    answer = np.zeros((len(examples), length - 1), dtype=bool)  # (N, L-1): targets to keep
+    for row, (prompt, ans) in enumerate(examples):
+        seq = prompt + SEP + ans + EOS
+        if len(seq) > length:
+            raise ValueError(f"example {seq!r} is longer than {length} tokens")
+        ids[row, : len(seq)] = [stoi[c] for c in seq]
+        # target j predicts seq[j + 1]: the answer and EOS are seq[len(prompt)+1 : len(seq)]
+        answer[row, len(prompt) : len(seq) - 1] = True
+    inputs, targets = torch.from_numpy(ids[:, :-1]), torch.from_numpy(ids[:, 1:].copy())
+    targets[~torch.from_numpy(answer)] = IGNORE
+    return inputs, targets
+
+
+class TaskBatches(Dataset):
+    """Item i is a batch of `batch_size` training examples drawn with a generator seeded by
+    (seed, rank, first_batch + i), rejecting prompts that belong to the validation or test
+    split; use with `DataLoader(batch_size=None)`. Training data never repeats a batch and a
+    resumed run continues the exact sequence (as `RandomWindowBatches`)."""
+
+    def __init__(
+        self,
+        task: Task,
+        batch_size: int,
+        num_batches: int,
+        seed: int,
+        eval_fraction: float,
+        rank: int = 0,
+        first_batch: int = 0,
+    ) -> None:
+        self.task = task
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.seed = seed
+        self.eval_fraction = eval_fraction
+        self.rank = rank
+        self.first_batch = first_batch
+        self.length = task.max_sequence_length()
+
+    def __len__(self) -> int:
+        return max(self.num_batches - self.first_batch, 0)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, self.first_batch + i])
+        examples: list[tuple[str, str]] = []
+        while len(examples) < self.batch_size:
+            prompt, answer = self.task.sample(rng)
+            if split_of(prompt, self.eval_fraction) == "train":
+                examples.append((prompt, answer))
+        return encode_examples(examples, self.task.vocabulary, self.length)
+
+
+_SPLIT_STREAM = {"val": 1, "test": 2, "test_long": 3}
+
+
+def fixed_examples(
+    task: Task, split: str, count: int, seed: int, eval_fraction: float
+) -> list[tuple[str, str]]:
+    """`count` distinct examples of a split ("val", "test" or "test_long"), the same for a given
+    seed whatever the training seed. Val and test keep only prompts that hash to their split;
+    test_long prompts are longer than any training prompt, so any of them is unseen."""
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
+    long = split == "test_long"
+    chosen: dict[str, str] = {}
+    max_draws = int(50 * count / (1.0 if long else eval_fraction)) + 1000
+    for _ in range(max_draws):
+        prompt, answer = task.sample(rng, long=long)
+        if long or split_of(prompt, eval_fraction) == split:
+            chosen.setdefault(prompt, answer)
+            if len(chosen) == count:
+                return list(chosen.items())
+    raise ValueError(
+        f"found only {len(chosen)} distinct {split} examples of {count} in {max_draws} draws: "
+        f"the task's example space is too small; lower data.{split}_size or raise "
+        "data.eval_fraction (or make the task longer)"
+    )
+
+
+class TaskDataModule(L.LightningDataModule):
+    """A synthetic task (`data.task`) served for training, validation, test and a
+    length-generalisation test (`test_long`, reported under its own metric names).
+
+    The model must hold the longest sequence of every split, the length-generalisation one
+    included: `block_size` (which `model.block_size` follows) is checked against it here, and a
+    smaller model is refused when fitting starts. What this means for position schemes: with
+    learned position embeddings (`model.pos_embedding=learned`) the positions past the training
+    length exist but are never trained, so that model cannot length-generalise by construction
+    and its `test_long` score measures nothing but that; schemes without per-position parameters
+    (`model.pos_embedding=none` with RoPE or ALiBi attention, or no positions at all) are the
+    ones that `test_long` compares.
+    """
+
+    answer_metrics = True  # LitGPT logs answer accuracy and greedy exact match
+    test_splits = ("test", "test_long")  # one test dataloader each, in this order
+
+    def __init__(
+        self,
+        task: Task,
+        vocab_size: int,
+        block_size: int,
+        batch_size: int,
+        eval_batch_size: int = 250,
+        val_size: int = 500,
+        test_size: int = 1000,
+        test_long_size: int = 500,
+        eval_fraction: float = 0.05,
+        seed: int = 1337,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+        if not 0.0 < eval_fraction < 0.5:
+            raise ValueError(f"data.eval_fraction must be in (0, 0.5), got {eval_fraction}")
+        if vocab_size != len(task.vocabulary):
+            raise ValueError(
+                f"data.vocab_size={vocab_size}, but the task's vocabulary "
+                f"{task.vocabulary!r} has {len(task.vocabulary)} tokens: set "
+                f"data.vocab_size={len(task.vocabulary)}"
+            )
+        if block_size < self.required_block_size(task):
+            raise ValueError(
+                f"data.block_size={block_size} is too small for this task: its longest input, "
+                "in the length-generalisation split, has "
+                f"{self.required_block_size(task)} tokens; set "
+                f"data.block_size={self.required_block_size(task)}"
+            )
+        self.task = task
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.sizes = {"val": val_size, "test": test_size, "test_long": test_long_size}
+        self.eval_fraction = eval_fraction
+        self.seed = seed
+        self.eval_seed = eval_seed
+
+    @staticmethod
+    def required_block_size(task: Task) -> int:
+        """Tokens the model must attend over: the longest input (sequence minus its last token)
+        of any split. Greedy decoding never feeds more: the final `.` is produced, not read."""
+        return max(task.max_sequence_length(long) for long in (False, True)) - 1
+
+    @cached_property
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer(self.task.vocabulary)
+
+    def check_model_block_size(self, model_block_size: int) -> None:
+        needed = self.required_block_size(self.task)
+        if model_block_size < needed:
+            raise ValueError(
+                f"model.block_size={model_block_size} cannot hold this task's sequences: the "
+                f"longest input (length-generalisation split included) has {needed} tokens. "
+                f"Drop the model.block_size override (it follows data.block_size) or set it "
+                f">= {needed}"
+            )
+
+    def setup(self, stage: str) -> None:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        model = getattr(module, "model", None)
+        if model is not None:  # refuse before the first step, not at the first long batch
+            self.check_model_block_size(model.block_size)
+
+    def examples(self, split: str) -> list[tuple[str, str]]:
+        return self._examples[split]
+
+    @cached_property
+    def _examples(self) -> dict[str, list[tuple[str, str]]]:
+        return {
+            split: fixed_examples(self.task, split, size, self.eval_seed, self.eval_fraction)
+            for split, size in self.sizes.items()
+        }
+
+    def eval_set(self, split: str) -> TensorDataset:
+        """The fixed examples of a split, encoded: (inputs, targets) of the split's length."""
+        length = self.task.max_sequence_length(long=split == "test_long")
+        return TensorDataset(*encode_examples(self.examples(split), self.task.vocabulary, length))
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer is None or trainer.max_steps <= 0:
+            raise ValueError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
+        accumulate = trainer.accumulate_grad_batches
+        batches = TaskBatches(
+            self.task,
+            self.batch_size,
+            num_batches=trainer.max_steps * accumulate,
+            seed=self.seed,
+            eval_fraction=self.eval_fraction,
+            rank=trainer.global_rank,
+            first_batch=trainer.global_step * accumulate,
+        )
+        return DataLoader(batches, batch_size=None, shuffle=False)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        data = self.eval_set(split)
+        shard = Subset(data, range(rank, len(data), world))
+        return DataLoader(shard, batch_size=self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(split) for split in self.test_splits]
