@@ -80,15 +80,7 @@ class CausalSelfAttention(nn.Module, ABC):
         start = 0 if cache is None else cache.length
         if start + T > self.block_size:
             raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
-        q, k, v = self.qkv(x).split(
-            [self.n_embd, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
-        )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
-            positions = torch.arange(start, start + T, device=x.device)
-            q, k = self.rope(q, positions), self.rope(k, positions)
+        q, k, v = self.project(x, start)
         att = None
         if cache is not None:
             y = self.decode(q, k, v, cache)
@@ -99,6 +91,21 @@ class CausalSelfAttention(nn.Module, ABC):
             y = self.attend(q, self.repeat_kv(k), self.repeat_kv(v))
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
+
+    def project(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) at positions start.. -> q (B, H, T, D), k and v (B, H_kv, T, D); RoPE
+        applied to q and k. The inputs of the core (analysis tools read q and k here)."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_embd, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.rope is not None:
+            positions = torch.arange(start, start + T, device=x.device)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        return q, k, v
 
     def repeat_kv(self, x: Tensor) -> Tensor:
         """(B, H_kv, T, D) -> (B, H, T, D): each k/v head serves n_head // n_kv_head queries."""
