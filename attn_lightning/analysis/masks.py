@@ -1,0 +1,29 @@
+"""Which (query, key) pairs an attention layer can connect, read from its code by gradients.
+
+Query i is connected to key j when the layer's output at position i depends on its input at
+position j: d y_i / d x_j != 0 for random inputs and weights. This runs the variant's own fast
+path (`attend`, chunks and segments included), so the mask shows what the code does, not what a
+docstring claims.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def connectivity(attn: nn.Module, T: int, n_embd: int, seed: int = 0) -> Tensor:
+    """(T, T) bool: True where output position i (row) depends on input position j (column)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, T, n_embd, generator=generator, requires_grad=True)
+    was_training = attn.training
+    attn.eval()
+    try:
+        y, _ = attn(x)  # (1, T, C)
+        rows = []
+        for i in range(T):
+            (grad,) = torch.autograd.grad(y[0, i].sum(), x, retain_graph=True)
+            rows.append(grad[0].abs().sum(-1) > 0)  # (T,)
+    finally:
+        attn.train(was_training)
+    return torch.stack(rows)

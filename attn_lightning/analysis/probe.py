@@ -1,0 +1,43 @@
+"""Run token ids through a GPT and collect, per layer, the attention matrix the variant applied
+and exact softmax attention computed from the same q and k."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from attn_lightning.analysis.stats import exact_softmax
+
+
+class LayerAttention(NamedTuple):
+    applied: Tensor  # (B, H, T, T): the matrix the variant applied to v
+    exact: Tensor  # (B, H, T, T): causal softmax(q k^T / sqrt(d)) with the same q, k
+
+
+@torch.no_grad()
+def probe(model: nn.Module, idx: Tensor) -> list[LayerAttention]:
+    """One forward pass of idx (B, T) with `return_attn=True`, in eval mode (restored after).
+
+    The input of each block's attention is caught by a forward pre-hook; `attn.project` turns
+    it into the very q and k the variant used (RoPE included).
+    """
+    inputs: list[Tensor] = []
+    hooks = [
+        block.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
+        for block in model.blocks
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        attentions = model(idx, return_attn=True).attentions
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    layers = []
+    for block, x, applied in zip(model.blocks, inputs, attentions, strict=True):
+        q, k, _ = block.attn.project(x)
+        layers.append(LayerAttention(applied, exact_softmax(q, block.attn.repeat_kv(k))))
+    return layers
