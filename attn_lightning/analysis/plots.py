@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from attn_lightning.analysis.report import temp_path
 
 MAX_LABELLED_TOKENS = 64  # longer sequences get position numbers instead of characters
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # whitespace drawn as a visible glyph
@@ -30,15 +31,13 @@ def new_figure(width: float, height: float) -> Figure:
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write fig as PNG atomically (temp file in the same dir, then os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             fig.savefig(f, format="png")
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -53,14 +52,19 @@ def visible(tokens: Sequence[str]) -> list[str]:
     return [VISIBLE.get(t, t) for t in tokens]
 
 
-def _heatmap(fig, ax, matrix: Tensor, tokens: Sequence[str] | None, vmax: float, title: str):
+def _panel_size(T: int, labelled: bool) -> float:
+    """Inches per heatmap: room for T character labels of at least 4 points."""
+    return min(7.0, max(3.0, T * 0.1)) if labelled else 3.0
+
+
+def _heatmap(ax, matrix: Tensor, tokens: Sequence[str] | None, vmax: float, title: str, panel):
     """One attention heatmap on ax; returns the image (for a colour bar)."""
     T = matrix.size(-1)
     image = ax.imshow(matrix.float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=vmax)
     ax.set_title(title, fontsize=9)
     if tokens is not None and T <= MAX_LABELLED_TOKENS:
         labels = visible(tokens)
-        size = max(3.5, min(8.0, 400 / T))
+        size = max(3.0, min(8.0, 0.6 * panel * 72 / T))  # points per row, 60% of it for text
         ax.set_xticks(range(T), labels, fontsize=size, fontfamily="monospace")
         ax.set_yticks(range(T), labels, fontsize=size, fontfamily="monospace")
         ax.tick_params(length=0)
@@ -83,13 +87,13 @@ def attention_heads(
 ) -> Figure:
     """One row of heatmaps, one per head, of a layer's (H, T, T) attention, one colour bar."""
     H, T, _ = att.shape
-    panel = max(3.0, min(6.5, T * 0.09))
+    panel = _panel_size(T, tokens is not None and T <= MAX_LABELLED_TOKENS)
     fig = new_figure(panel * H + 1.0, panel + 0.8)
     axes = fig.subplots(1, H, squeeze=False)[0]
     vmax = _vmax(att)
     image = None
     for h, ax in enumerate(axes):
-        image = _heatmap(fig, ax, att[h], tokens, vmax, f"head {h}")
+        image = _heatmap(ax, att[h], tokens, vmax, f"head {h}", panel)
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="attention weight")
     fig.suptitle(title)
     return fig
@@ -100,14 +104,15 @@ def attention_patterns(
 ) -> Figure:
     """Grid of heatmaps, a row per layer and a column per head, of (H, T, T) matrices."""
     L, H, T = len(layers), layers[0].size(0), layers[0].size(-1)
-    panel = 3.0 if T <= 32 or tokens is None else 4.5
+    panel = _panel_size(T, tokens is not None and T <= MAX_LABELLED_TOKENS)
     fig = new_figure(panel * H + 1.0, panel * L + 0.8)
     axes = fig.subplots(L, H, squeeze=False)
     vmax = _vmax(torch.stack([a.float() for a in layers]))
     image = None
     for layer, att in enumerate(layers):
         for h in range(H):
-            image = _heatmap(fig, axes[layer, h], att[h], tokens, vmax, f"layer {layer}, head {h}")
+            title = f"layer {layer}, head {h}"
+            image = _heatmap(axes[layer, h], att[h], tokens, vmax, title, panel)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight")
     fig.suptitle(title)
     return fig
@@ -119,13 +124,15 @@ def head_heatmap(
     """A (L, H) table of per-head values as an annotated heatmap (layers down, heads across)."""
     L, H = values.shape
     data = values.float().cpu().numpy()
-    fig = new_figure(1.2 + 0.9 * H, 1.2 + 0.6 * L)
+    fig = new_figure(2.8 + 0.9 * H, 1.4 + 0.6 * L)
     ax = fig.subplots()
-    kwargs = {}
+    low, high = float(data.min()), float(data.max())
     if center:
-        bound = float(np.abs(data).max()) or 1.0
-        kwargs = {"vmin": -bound, "vmax": bound}
-    image = ax.imshow(data, cmap=cmap, aspect="auto", **kwargs)
+        high = max(abs(low), abs(high)) or 1.0
+        low = -high
+    elif high - low < 1e-3 * max(abs(high), 1.0):  # near-constant: a readable scale around it
+        low, high = low - 0.5e-3 * max(abs(low), 1.0), high + 0.5e-3 * max(abs(high), 1.0)
+    image = ax.imshow(data, cmap=cmap, aspect="auto", vmin=low, vmax=high)
     for (i, j), value in np.ndenumerate(data):
         ax.text(
             j,
@@ -140,14 +147,15 @@ def head_heatmap(
     ax.set_xticks(range(H), [f"head {h}" for h in range(H)], fontsize=8)
     ax.set_yticks(range(L), [f"layer {layer}" for layer in range(L)], fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, label=label)
+    bar = fig.colorbar(image, ax=ax, label=label)
+    bar.formatter.set_useOffset(False)
     return fig
 
 
 def ablation_figure(head_increase: Tensor, layer_increase: Tensor, base_loss: float) -> Figure:
     """Validation-loss increase when each head (left) or each whole layer (right) is zeroed."""
     L, H = head_increase.shape
-    fig = new_figure(3.5 + 0.9 * H, 1.6 + 0.6 * L)
+    fig = new_figure(5.0 + 0.9 * H, 1.8 + 0.6 * L)
     ax_heads, ax_layers = fig.subplots(1, 2, width_ratios=[H, 1.6])
     for ax, data, xticks, title in (
         (ax_heads, head_increase, [f"head {h}" for h in range(H)], "one head zeroed"),
