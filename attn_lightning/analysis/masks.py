@@ -13,17 +13,18 @@ from torch import Tensor, nn
 
 
 def connectivity(attn: nn.Module, T: int, n_embd: int, seed: int = 0) -> Tensor:
-    """(T, T) bool: True where output position i (row) depends on input position j (column)."""
+    """(T, T) bool: True where output position i (row) depends on input position j (column).
+
+    One backward pass: a batch of T copies of one random sequence, copy i's gradient taken from
+    its output at position i alone."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, T, n_embd, generator=generator, requires_grad=True)
+    x = torch.randn(1, T, n_embd, generator=generator).repeat(T, 1, 1).requires_grad_(True)
     was_training = attn.training
     attn.eval()
     try:
-        y, _ = attn(x)  # (1, T, C)
-        rows = []
-        for i in range(T):
-            (grad,) = torch.autograd.grad(y[0, i].sum(), x, retain_graph=True)
-            rows.append(grad[0].abs().sum(-1) > 0)  # (T,)
+        y, _ = attn(x)  # (T, T, C): copy b, position t
+        rows = torch.arange(T)
+        (grad,) = torch.autograd.grad(y[rows, rows].sum(), x)  # copy i: d y_i / d x
     finally:
         attn.train(was_training)
-    return torch.stack(rows)
+    return grad.abs().sum(-1) > 0  # (T, T): row i from copy i

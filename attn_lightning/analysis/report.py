@@ -41,7 +41,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
@@ -58,12 +58,12 @@ def stats_table(layers: Sequence[Mapping[str, Tensor]]) -> list[str]:
     rows = [
         [layer, *(f"{float(s[n].mean()):.3f}" for n in names)] for layer, s in enumerate(layers)
     ]
-    lines = _table(["layer", *names], rows)
+    lines = markdown_table(["layer", *names], rows)
     for name in ("entropy", "distance"):
         if name in names:
             H = layers[0][name].numel()
             lines += ["", f"{name} per head:", ""]
-            lines += _table(
+            lines += markdown_table(
                 ["layer", *(f"head {h}" for h in range(H))],
                 [
                     [layer, *(f"{v:.3f}" for v in s[name].tolist())]
@@ -86,9 +86,11 @@ def render_report(
     lines = [f"# {title}", ""]
     lines += [*notes, ""] if notes else []
     lines += ["## Configuration", ""]
-    lines += _table(["key", "value"], [[f"`{k}`", f"`{v}`"] for k, v in flatten(config).items()])
+    lines += markdown_table(
+        ["key", "value"], [[f"`{k}`", f"`{v}`"] for k, v in flatten(config).items()]
+    )
     lines += ["", "## Final metrics", ""]
-    lines += _table(
+    lines += markdown_table(
         ["metric", "value"], [[f"`{k}`", _number(v)] for k, v in sorted(metrics.items())]
     )
     for caption, path in figures:

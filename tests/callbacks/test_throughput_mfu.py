@@ -1,0 +1,85 @@
+"""Model FLOPs utilisation: the FLOPs count, the peak table and what the callback logs."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from attn_lightning.analysis.flops import flops_per_token, known_peak_flops, mfu
+from attn_lightning.callbacks.throughput import TokenThroughput
+from attn_lightning.lit_module import LitGPT
+
+MODEL = {
+    "_target_": "attn_lightning.model.gpt.GPT",
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 16,
+}
+ATTENTION = {"_target_": "attn_lightning.attention.vanilla.VanillaAttention", "_partial_": True}
+OPTIM = {
+    "lr": 1e-3,
+    "min_lr": 1e-4,
+    "warmup_steps": 1,
+    "decay_steps": 10,
+    "betas": [0.9, 0.99],
+    "weight_decay": 0.1,
+}
+TOKENIZER = {"_target_": "attn_lightning.data.char_tokenizer.CharTokenizer", "chars": "abcdefgh"}
+
+
+def test_flops_per_token_is_six_n_plus_attention() -> None:
+    # nanoGPT's estimate_mfu: 6N + 12 L H Q T with H Q = C
+    assert flops_per_token(1000, 2, 32, 16) == 6 * 1000 + 12 * 2 * 32 * 16
+    assert mfu(1000.0, 2e9, 4e12) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989.4e12),
+        ("NVIDIA H100 PCIe", "bf16-mixed", 756.0e12),
+        ("NVIDIA H200", "16-mixed", 989.4e12),
+        ("NVIDIA A100-SXM4-40GB", "bf16-true", 312.0e12),
+        ("NVIDIA H100 80GB HBM3", "32-true", None),  # fp32: no datasheet figure used
+        ("NVIDIA GeForce RTX 3090", "bf16-mixed", None),
+    ],
+)
+def test_known_peaks(name: str, precision: str, peak: float | None) -> None:
+    assert known_peak_flops(name, precision) == peak
+
+
+def run(peak_flops: float | None) -> tuple[dict[str, float], LitGPT]:
+    torch.manual_seed(0)
+    module = LitGPT(MODEL, ATTENTION, OPTIM, TOKENIZER)
+    batches = [(torch.randint(8, (4, 16)), torch.randint(8, (4, 16))) for _ in range(4)]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[TokenThroughput(every_n_steps=2, peak_flops=peak_flops)],
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}, module
+
+
+def test_callback_logs_mfu_from_a_configured_peak() -> None:
+    metrics, module = run(peak_flops=1e9)
+    expected = flops_per_token(module.model.num_params(), 2, 32, 16)
+    assert metrics["train/mfu"] == pytest.approx(
+        metrics["train/tokens_per_sec"] * expected / 1e9, rel=1e-5
+    )
+    assert metrics["train/tokens_seen"] == 4 * 4 * 16
+
+
+def test_no_mfu_without_a_peak_on_cpu() -> None:
+    metrics, _ = run(peak_flops=None)
+    assert "train/mfu" not in metrics and "train/tokens_per_sec" in metrics
+    with pytest.raises(ValueError, match="peak_flops"):
+        TokenThroughput(peak_flops=0)
