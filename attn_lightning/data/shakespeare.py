@@ -1,4 +1,5 @@
-"""TinyShakespeare, character level: download (or a local file), encode once, serve windows."""
+"""TinyShakespeare: download (or a local file), tokenize once (characters or byte-level BPE),
+serve windows."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.download import DatasetUnavailableError, fetch_verified, sha256_of
 from attn_lightning.data.windows import FixedWindows, RandomWindowBatches
@@ -20,10 +22,15 @@ from attn_lightning.data.windows import FixedWindows, RandomWindowBatches
 log = logging.getLogger(__name__)
 
 FILE_NAME = "tinyshakespeare.txt"
+TOKENIZERS = ("char", "bpe")
 
 
 class ShakespeareDataModule(L.LightningDataModule):
-    """Character-level TinyShakespeare, split 90/10 contiguously as nanoGPT does.
+    """TinyShakespeare, split 90/10 contiguously (in characters) as nanoGPT does.
+
+    `tokenizer` is "char" (one token per character) or "bpe": a byte-level BPE of
+    `bpe_vocab_size` tokens trained on the training split only, cached in `data_dir/cache`; each
+    split is then encoded on its own, so both tokenizers see exactly the same text per split.
 
     The text comes from `path` when given, else from `data_dir/tinyshakespeare.txt`, downloaded
     from `url` and checked against `sha256` when missing. Validation uses `val_windows` fixed
@@ -42,6 +49,8 @@ class ShakespeareDataModule(L.LightningDataModule):
         val_windows: int | None = 512,
         eval_batch_size: int = 64,
         seed: int = 1337,
+        tokenizer: str = "char",
+        bpe_vocab_size: int = 1024,
     ) -> None:
         super().__init__()
         if block_size <= 0 or batch_size <= 0 or eval_batch_size <= 0:
@@ -51,6 +60,8 @@ class ShakespeareDataModule(L.LightningDataModule):
             )
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"data.tokenizer={tokenizer!r} is unknown; choose one of {TOKENIZERS}")
         self.data_dir = Path(data_dir).expanduser()
         self.url = url
         self.sha256 = sha256
@@ -61,6 +72,8 @@ class ShakespeareDataModule(L.LightningDataModule):
         self.val_windows = val_windows
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.tokenizer_name = tokenizer
+        self.bpe_vocab_size = bpe_vocab_size
 
     def text_file(self) -> Path:
         """The corpus on disk: the user's file, or the verified download in data_dir."""
@@ -74,7 +87,8 @@ class ShakespeareDataModule(L.LightningDataModule):
         return fetch_verified(self.url, self.data_dir / FILE_NAME, self.sha256)
 
     def prepare_data(self) -> None:
-        _ = self._encoded  # download and encode once, on rank 0, before the ranks read it
+        # download and encode once, on rank 0, before the ranks read it
+        _ = self._encoded if self.tokenizer_name == "char" else self._bpe_encoded
 
     @cached_property
     def _encoded(self) -> tuple[CharTokenizer, Tensor]:
@@ -89,13 +103,38 @@ class ShakespeareDataModule(L.LightningDataModule):
         _save_atomic({"chars": tokenizer.chars, "tokens": tokens.to(torch.int16)}, cache)
         return tokenizer, tokens
 
+    @cached_property
+    def _bpe_encoded(self) -> tuple[BPETokenizer, Tensor, Tensor]:
+        text_file = self.text_file()
+        stem = f"{text_file.stem}-{sha256_of(text_file)[:16]}.val{self.val_fraction}"
+        stem += f".bpe{self.bpe_vocab_size}"
+        cache = self.data_dir / "cache"
+        text = None
+        if not (cache / f"{stem}.json").is_file() or not (cache / f"{stem}.pt").is_file():
+            text = text_file.read_text(encoding="utf-8")
+        n_train = None if text is None else int(len(text) * (1.0 - self.val_fraction))
+        train_text = None if text is None else text[:n_train]
+        tokenizer = BPETokenizer.load_or_train(
+            train_text, self.bpe_vocab_size, cache / f"{stem}.json"
+        )
+        if text is None:
+            state = torch.load(cache / f"{stem}.pt", weights_only=True)
+            return tokenizer, state["train"].long(), state["val"].long()
+        train, val = tokenizer.encode(train_text), tokenizer.encode(text[n_train:])
+        _save_atomic(
+            {"train": train.to(torch.int32), "val": val.to(torch.int32)}, cache / f"{stem}.pt"
+        )
+        return tokenizer, train, val
+
     @property
-    def tokenizer(self) -> CharTokenizer:
-        return self._encoded[0]
+    def tokenizer(self) -> CharTokenizer | BPETokenizer:
+        return self._encoded[0] if self.tokenizer_name == "char" else self._bpe_encoded[0]
 
     @property
     def splits(self) -> tuple[Tensor, Tensor]:
         """(train, val) token streams."""
+        if self.tokenizer_name == "bpe":
+            return self._bpe_encoded[1:]
         tokens = self._encoded[1]
         n_train = int(len(tokens) * (1.0 - self.val_fraction))
         return tokens[:n_train], tokens[n_train:]
@@ -118,13 +157,17 @@ class ShakespeareDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             first_batch=trainer.global_step * accumulate,  # a resumed run continues its sequence
         )
-        return DataLoader(batches, batch_size=None, shuffle=False)
+        return DataLoader(batches, batch_size=None, shuffle=False, generator=torch.Generator())
 
     def _eval_loader(self, count: int | None) -> DataLoader:
         rank, world = self._rank_and_world()
         windows = FixedWindows(self.splits[1], self.block_size, count)
         shard = torch.utils.data.Subset(windows, range(rank, len(windows), world))
-        return DataLoader(shard, batch_size=self.eval_batch_size, shuffle=False)
+        # A private generator: DataLoader iterators otherwise draw a seed from the global RNG,
+        # which would make a resumed run's dropout masks differ from an uninterrupted one's.
+        return DataLoader(
+            shard, batch_size=self.eval_batch_size, shuffle=False, generator=torch.Generator()
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_windows)
