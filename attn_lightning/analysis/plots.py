@@ -54,7 +54,7 @@ def visible(tokens: Sequence[str]) -> list[str]:
 
 def _panel_size(T: int, labelled: bool) -> float:
     """Inches per heatmap: room for T character labels of at least 4 points."""
-    return min(7.0, max(3.0, T * 0.1)) if labelled else 3.0
+    return min(7.0, max(3.5, T * 0.13)) if labelled else 3.0
 
 
 def _heatmap(ax, matrix: Tensor, tokens: Sequence[str] | None, vmax: float, title: str, panel):
@@ -111,8 +111,8 @@ def attention_patterns(
     image = None
     for layer, att in enumerate(layers):
         for h in range(H):
-            title = f"layer {layer}, head {h}"
-            image = _heatmap(axes[layer, h], att[h], tokens, vmax, title, panel)
+            name = f"layer {layer}, head {h}"
+            image = _heatmap(axes[layer, h], att[h], tokens, vmax, name, panel)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight")
     fig.suptitle(title)
     return fig
@@ -165,7 +165,8 @@ def ablation_figure(head_increase: Tensor, layer_increase: Tensor, base_loss: fl
         bound = float(np.abs(data).max()) or 1.0
         image = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
         for (i, j), value in np.ndenumerate(data):
-            ax.text(j, i, f"{value:+.3f}", ha="center", va="center", fontsize=8)
+            color = "white" if abs(value) > 0.6 * bound else "black"
+            ax.text(j, i, f"{value:+.3f}", ha="center", va="center", fontsize=8, color=color)
         ax.set_xticks(range(data.shape[1]), xticks, fontsize=8)
         ax.set_yticks(range(L), [f"layer {layer}" for layer in range(L)], fontsize=8)
         ax.set_title(title, fontsize=10)

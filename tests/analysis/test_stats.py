@@ -110,3 +110,17 @@ def test_probe_gap_is_zero_only_for_exact_softmax(attention, exact: bool) -> Non
         assert gap.max() < 1e-5
     else:
         assert gap.min() > 1e-3
+
+
+def test_figures_are_titled_and_written_atomically(tmp_path) -> None:
+    from PIL import Image
+
+    from attn_lightning.analysis.plots import attention_patterns, save_png
+
+    layers = [uniform(8)[0].repeat(2, 1, 1), diagonal(8)[0].repeat(2, 1, 1)]
+    fig = attention_patterns(layers, list("abcdefgh"), "my title")
+    assert fig._suptitle.get_text() == "my title"
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["layer 0, head 0", "layer 0, head 1"]
+    path = save_png(fig, tmp_path / "grid.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(path).size[0] > 300
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temp file left
