@@ -122,17 +122,17 @@ def analyze(cfg: DictConfig) -> dict[str, Path]:
     model, tokenizer = module.model, module.tokenizer
     run_dir = run_dir_of(ckpt_path)
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else run_dir / "analysis"
-    if len(cfg.text) > model.block_size:
-        raise ValueError(
-            f"text has {len(cfg.text)} characters, more than the model's block_size "
-            f"{model.block_size}: shorten it"
-        )
     if not cfg.text:
         raise ValueError("text is empty: pass text='\"some characters\"'")
+    idx = tokenizer.encode(cfg.text)[None].to(device)
+    if idx.size(1) > model.block_size:
+        raise ValueError(
+            f"text has {idx.size(1)} tokens, more than the model's block_size "
+            f"{model.block_size}: shorten it"
+        )
     files: dict[str, Path] = {}
     summary = [f"# Analysis of {ckpt_path}", "", f"Text: `{cfg.text!r}`", ""]
 
-    idx = tokenizer.encode(cfg.text)[None].to(device)
     tokens = [tokenizer.decode([i]) for i in idx[0].tolist()]
     layers = probe(model, idx)
     for layer, attention in enumerate(layers):
