@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
+
 import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from attn_lightning.checkpoint import read_checkpoint
 from attn_lightning.config import CONFIG_DIR, print_config
 from attn_lightning.ddp_multirun import ddp_job_scope
+from attn_lightning.errors import find_user_error
 from attn_lightning.lit_module import LitGPT
+from attn_lightning.validate import check_config
+
+log = logging.getLogger(__name__)
 
 
 def plain(cfg: DictConfig) -> dict:
@@ -24,9 +33,24 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
 
+def checkpoint_to_resume(cfg: DictConfig) -> str | None:
+    """`ckpt_path`, or with `resume=auto` this run dir's last.ckpt when there is one. The file
+    is checked now, so a bad checkpoint fails before any training starts."""
+    path = cfg.ckpt_path
+    if path is None and cfg.resume == "auto":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        path = str(last) if last.is_file() else None
+        log.info("resume=auto: %s", f"resuming from {last}" if path else f"no {last}, fresh start")
+    if path is not None:
+        read_checkpoint(path)
+    return path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final logged metrics."""
     print_config(cfg)
+    check_config(cfg)
+    ckpt_path = checkpoint_to_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     datamodule = instantiate(cfg.data)
@@ -38,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     trainer = build_trainer(cfg)
     with ddp_job_scope():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.test:
             checkpoint = trainer.checkpoint_callback
             best = "best" if checkpoint is not None and checkpoint.best_model_path else None
@@ -48,7 +72,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise  # a bug: keep the traceback
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(2)
     return metrics.get("val/loss")  # the objective of hyperparameter sweepers
 
 

@@ -25,7 +25,9 @@ class RandomWindowBatches(Dataset):
     (seed, rank, first_batch + i); use with `DataLoader(batch_size=None)`.
 
     With gradient accumulation 1, the batch index equals the optimizer's global step.
-    `first_batch` lets a resumed run continue the exact sequence it would have seen.
+    `first_batch` lets a resumed run continue the exact sequence it would have seen. The length
+    stays `num_batches`: Lightning counts a resumed epoch's batches from the restored position,
+    so a shorter dataset would end the epoch early and replay data.
     """
 
     def __init__(
@@ -52,7 +54,7 @@ class RandomWindowBatches(Dataset):
         self.first_batch = first_batch
 
     def __len__(self) -> int:
-        return max(self.num_batches - self.first_batch, 0)
+        return self.num_batches
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         rng = np.random.default_rng([self.seed, self.rank, self.first_batch + i])

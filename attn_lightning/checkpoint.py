@@ -1,0 +1,99 @@
+"""Checkpoint files: written atomically, read without executing code.
+
+Writing: a checkpoint goes to a temp file in the same directory, is flushed to disk, then
+renamed over its final name. A kill at any moment leaves either the previous file or the new
+one, never a half-written file under a checkpoint's name.
+
+Reading: `torch.load(weights_only=True)` unpickles only tensors and plain containers, so a
+file carrying a pickled object (which could run code) is refused. Our checkpoints contain only
+such data: the hyperparameters and tokenizer are plain dicts. The `_target_` entries in them
+are checked too, since instantiating them calls code: only `attn_lightning.*` is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from attn_lightning.errors import CheckpointError
+
+TRUSTED_TARGET_PREFIX = "attn_lightning."
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save `obj` to `path` through a temp file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file safely, with an error that says what is wrong and what to do."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}: pass ckpt_path=<run dir>/checkpoints/last.ckpt "
+            "(run dirs live under outputs/)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it contains pickled objects that could run code when "
+            f"loaded ({str(error).splitlines()[0]}). attn_lightning checkpoints hold only tensors "
+            "and plain data; use a checkpoint written by attn_lightning, from a source you trust"
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({error}); use another checkpoint of the run "
+            "(checkpoints/last.ckpt or a checkpoints/step*.ckpt)"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict inside)")
+    _check_targets(checkpoint.get("hyper_parameters", {}), path)
+    return checkpoint
+
+
+def _check_targets(node: Any, path: Path) -> None:
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(TRUSTED_TARGET_PREFIX):
+            raise CheckpointError(
+                f"refused to load {path}: its config names _target_={target!r}, outside "
+                f"{TRUSTED_TARGET_PREFIX}*; building it would call arbitrary code"
+            )
+        for value in node.values():
+            _check_targets(value, path)
+    elif isinstance(node, list):
+        for value in node:
+            _check_targets(value, path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic writes and safe, explained reads."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        save_atomic(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return read_checkpoint(path, "cpu" if map_location is None else map_location)
