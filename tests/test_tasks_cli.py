@@ -29,9 +29,14 @@ SHORT = [  # fewer steps and evaluation examples than the presets, same model
     "~callbacks.attention_stats",
     "~callbacks.run_report",
 ]
-# Steps of a short run, and the answer token accuracy it must beat: guessing digits uniformly
-# scores about 0.1 on the digits (and the final "." is easy), so these are far above chance.
-SHORT_RUNS = {"copy": (200, 0.6), "sorting": (200, 0.6), "arithmetic": (300, 0.45)}
+# Steps of a short run and the test exact match it must beat. Guessing gets whole answers
+# right with probability ~1e-16 (copy, sorting) or 1e-4 (arithmetic); measured on this CPU the
+# presets pass these after the given steps (the full presets reach >= 99%).
+SHORT_RUNS = [
+    pytest.param("copy", 300, 0.5, id="copy"),
+    pytest.param("sorting", 500, 0.3, id="sorting", marks=pytest.mark.slow),
+    pytest.param("arithmetic", 800, 0.5, id="arithmetic", marks=pytest.mark.slow),
+]
 
 
 def compose_train(overrides: list[str]):
@@ -70,11 +75,10 @@ def test_model_too_small_for_the_task_is_refused_before_training(tmp_path: Path)
     assert "train/loss" not in proc.stdout  # refused before the first step
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize(("task", "steps", "threshold"), SHORT_RUNS)
 def test_short_run_of_each_preset_learns_and_logs_answer_metrics(
-    task: str, data_dir: Path, tmp_path: Path
+    task: str, steps: int, threshold: float, data_dir: Path, tmp_path: Path
 ):
-    steps, threshold = SHORT_RUNS[task]
     args = [f"experiment={task}", *SHORT, f"trainer.max_steps={steps}"]
     run_cli("attn_lightning", [*args, f"trainer.val_check_interval={steps}"], tmp_path, data_dir)
     (run_dir,) = run_dirs(tmp_path / "outputs")
@@ -83,8 +87,9 @@ def test_short_run_of_each_preset_learns_and_logs_answer_metrics(
     for split in ("val", "test", "test_long"):
         for name in ("loss", "bpc", "answer_token_acc", "exact_match"):
             assert f"{split}/{name}" in scalars, f"{split}/{name} missing from {sorted(scalars)}"
-    test_acc = acc.Scalars("test/answer_token_acc")[-1].value
-    assert test_acc > threshold, f"{task}: answer token accuracy {test_acc} after {steps} steps"
+    exact = acc.Scalars("test/exact_match")[-1].value
+    assert exact > threshold, f"{task}: test exact match {exact} after {steps} steps"
+    assert acc.Scalars("test/answer_token_acc")[-1].value > 0.5
     table = acc.Tensors("samples/task_examples/text_summary")[-1].tensor_proto.string_val[0]
     assert "| prompt | expected | produced |" in table.decode()
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
