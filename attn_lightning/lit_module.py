@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from attn_lightning.errors import ConfigError
 from attn_lightning.model.gpt import GPT
 
 IGNORE = -100  # targets the loss skips: padding and the prompts of synthetic tasks
@@ -106,11 +107,11 @@ class LitGPT(L.LightningModule):
         self.save_hyperparameters()
         for key in ("lr", "min_lr"):
             if not optim[key] > 0:
-                raise ValueError(f"optim.{key} must be positive, got {optim[key]}")
+                raise ConfigError(f"optim.{key} must be positive, got {optim[key]}")
         self.tokenizer = instantiate(tokenizer)
         vocab_size = self.tokenizer.vocab_size
         if model.get("vocab_size") not in (None, vocab_size):
-            raise ValueError(
+            raise ConfigError(
                 f"model.vocab_size={model['vocab_size']} but the tokenizer has {vocab_size} "
                 "tokens: drop the override (the model follows the data config)"
             )

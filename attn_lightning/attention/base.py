@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from attn_lightning.attention.kv_cache import QKVCache
 from attn_lightning.attention.rope import RotaryEmbedding
+from attn_lightning.errors import ConfigError
 
 
 class CausalSelfAttention(nn.Module, ABC):
@@ -47,13 +48,13 @@ class CausalSelfAttention(nn.Module, ABC):
     ) -> None:
         super().__init__()
         if n_embd % n_head != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"n_embd={n_embd} is not divisible by n_head={n_head}: "
                 "choose model.n_embd as a multiple of model.n_head"
             )
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_kv_head <= 0 or n_head % n_kv_head != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"attention.n_kv_head={n_kv_head} must be positive and divide model.n_head={n_head}"
             )
         self.n_embd = n_embd

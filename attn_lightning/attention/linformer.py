@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.attention.segments import segment_attention, segment_weights
+from attn_lightning.errors import ConfigError
 
 
 class LinformerAttention(CausalSelfAttention):
@@ -43,7 +44,7 @@ class LinformerAttention(CausalSelfAttention):
     def __init__(self, *args: Any, k: int = 8, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not 1 <= k <= self.block_size or self.block_size % k != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"causal Linformer cuts block_size={self.block_size} into k={k} segments: "
                 "choose attention.k dividing model.block_size"
             )

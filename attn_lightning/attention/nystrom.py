@@ -42,6 +42,7 @@ from torch import Tensor
 
 from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.attention.segments import segment_attention, segment_weights
+from attn_lightning.errors import ConfigError
 
 
 def triangular_inverse(A: Tensor, iterations: int) -> Tensor:
@@ -64,13 +65,13 @@ class NystromAttention(CausalSelfAttention):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not 1 <= num_landmarks <= self.block_size or self.block_size % num_landmarks != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"causal Nyströmformer cuts block_size={self.block_size} into "
                 f"num_landmarks={num_landmarks} segments: choose attention.num_landmarks "
                 "dividing model.block_size"
             )
         if pinv_iterations < 0:
-            raise ValueError(f"attention.pinv_iterations must be >= 0, got {pinv_iterations}")
+            raise ConfigError(f"attention.pinv_iterations must be >= 0, got {pinv_iterations}")
         self.num_landmarks = num_landmarks
         self.pinv_iterations = pinv_iterations
         self.segment = self.block_size // num_landmarks

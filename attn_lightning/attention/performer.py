@@ -35,6 +35,7 @@ from attn_lightning.attention.linear_kernel import (
     linear_attention_matrix,
     recurrent_linear_attention,
 )
+from attn_lightning.errors import ConfigError
 
 
 def orthogonal_random_features(nb_features: int, dim: int, generator: torch.Generator) -> Tensor:
@@ -62,9 +63,13 @@ class PerformerAttention(CausalSelfAttention):
     ) -> None:
         super().__init__(*args, **kwargs)
         d = self.head_dim
+        if nb_features is not None and nb_features < 1:
+            raise ConfigError(f"attention.nb_features must be >= 1 or null, got {nb_features}")
+        if chunk_size < 1:
+            raise ConfigError(f"attention.chunk_size must be >= 1, got {chunk_size}")
         self.nb_features = nb_features or max(1, round(d * math.log(d)))  # ~ d ln d
         if redraw_interval is not None and redraw_interval < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"attention.redraw_interval must be >= 1 or null, got {redraw_interval}"
             )
         self.redraw_interval = redraw_interval

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from attn_lightning.errors import ConfigError
+
 
 class RotaryEmbedding(nn.Module):
     """Rotates (B, H, T, D) tensors by their absolute positions (D must be even)."""
@@ -21,7 +23,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
         super().__init__()
         if head_dim % 2 != 0:
-            raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+            raise ConfigError(f"RoPE needs an even head dimension, got {head_dim}")
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (L, D/2)
         self.register_buffer("cos", angles.cos(), persistent=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.errors import ConfigError
 
 
 class RotaryAttention(VanillaAttention):
@@ -20,5 +21,5 @@ class RotaryAttention(VanillaAttention):
 
     def __init__(self, *args: Any, rope: bool = True, **kwargs: Any) -> None:
         if not rope:
-            raise ValueError("rotary attention always applies RoPE: use attention=vanilla")
+            raise ConfigError("rotary attention always applies RoPE: use attention=vanilla")
         super().__init__(*args, rope=True, **kwargs)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from attn_lightning.attention.kv_cache import KVCache
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.errors import ConfigError
 
 
 class SlidingWindowAttention(VanillaAttention):
@@ -24,7 +25,7 @@ class SlidingWindowAttention(VanillaAttention):
     def __init__(self, *args: Any, window: int = 16, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if window < 1:
-            raise ValueError(f"attention.window must be >= 1, got {window}")
+            raise ConfigError(f"attention.window must be >= 1, got {window}")
         self.window = window
 
     def allowed(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.errors import ConfigError
 
 
 class SparseAttention(VanillaAttention):
@@ -27,7 +28,7 @@ class SparseAttention(VanillaAttention):
     def __init__(self, *args: Any, block: int = 16, summary: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if block < 1 or not 1 <= summary <= block:
-            raise ValueError(
+            raise ConfigError(
                 f"attention.block={block} must be >= 1 and attention.summary={summary} in 1..block"
             )
         self.block = block

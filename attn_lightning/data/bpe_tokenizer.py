@@ -15,6 +15,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 
+from attn_lightning.errors import ConfigError
+
 
 class BPETokenizer:
     """A trained byte-level BPE; `train` makes one, `BPETokenizer(tokenizer_json)` reloads it."""
@@ -28,7 +30,7 @@ class BPETokenizer:
         """Learn merges on `text` until the vocabulary (256 bytes + merges) has vocab_size."""
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         if vocab_size < len(alphabet):
-            raise ValueError(
+            raise ConfigError(
                 f"data.bpe_vocab_size={vocab_size} is below the {len(alphabet)} byte tokens "
                 "of a byte-level BPE; raise it"
             )

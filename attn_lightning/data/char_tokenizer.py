@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attn_lightning.errors import ConfigError
+
 
 class CharTokenizer:
     """Maps characters to ids by their sorted order in the corpus (as nanoGPT does).
@@ -16,7 +18,7 @@ class CharTokenizer:
 
     def __init__(self, chars: str) -> None:
         if len(set(chars)) != len(chars):
-            raise ValueError("CharTokenizer needs distinct characters")
+            raise ConfigError("CharTokenizer needs distinct characters")
         self.chars = chars
         self._stoi = {c: i for i, c in enumerate(chars)}
 
@@ -37,7 +39,7 @@ class CharTokenizer:
         ids = table[codes]
         if (ids < 0).any():
             unknown = sorted({chr(c) for c in codes[ids < 0]})
-            raise ValueError(
+            raise ConfigError(
                 f"characters {unknown!r} are not in this tokenizer's vocabulary of "
                 f"{self.vocab_size} characters; use only characters from the training text"
             )

@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from attn_lightning.errors import UserError
+
 __all__ = ["DatasetUnavailableError", "fetch_verified", "sha256_of"]
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ _CHUNK_SIZE = 1 << 16
 DATA_DIR_ENV = "ATTN_LIGHTNING_DATA_DIR"
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(UserError, RuntimeError):
     """A data file could not be found, downloaded or verified; the message says how to fix it."""
 
 

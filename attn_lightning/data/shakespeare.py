@@ -18,6 +18,7 @@ from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.download import DatasetUnavailableError, fetch_verified, sha256_of
 from attn_lightning.data.windows import FixedWindows, RandomWindowBatches
+from attn_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,16 @@ class ShakespeareDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if block_size <= 0 or batch_size <= 0 or eval_batch_size <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"block_size ({block_size}), data.batch_size ({batch_size}) and "
                 f"data.eval_batch_size ({eval_batch_size}) must be positive"
             )
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if tokenizer not in TOKENIZERS:
-            raise ValueError(f"data.tokenizer={tokenizer!r} is unknown; choose one of {TOKENIZERS}")
+            raise ConfigError(
+                f"data.tokenizer={tokenizer!r} is unknown; choose one of {TOKENIZERS}"
+            )
         self.data_dir = Path(data_dir).expanduser()
         self.url = url
         self.sha256 = sha256
@@ -146,7 +149,7 @@ class ShakespeareDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         if trainer is None or trainer.max_steps <= 0:
-            raise ValueError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
+            raise ConfigError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
         accumulate = trainer.accumulate_grad_batches
         batches = RandomWindowBatches(
             self.splits[0],

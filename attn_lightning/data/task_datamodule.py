@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.tasks import EOS, SEP, Task, split_of
+from attn_lightning.errors import ConfigError
 
 IGNORE = -100
 
@@ -100,7 +101,7 @@ def fixed_examples(
             chosen.setdefault(prompt, answer)
             if len(chosen) == count:
                 return list(chosen.items())
-    raise ValueError(
+    raise ConfigError(
         f"found only {len(chosen)} distinct {split} examples of {count} in {max_draws} draws: "
         f"the task's example space is too small; lower data.{split}_size or raise "
         "data.eval_fraction (or make the task longer)"
@@ -140,17 +141,17 @@ class TaskDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
-            raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
         if not 0.0 < eval_fraction < 0.5:
-            raise ValueError(f"data.eval_fraction must be in (0, 0.5), got {eval_fraction}")
+            raise ConfigError(f"data.eval_fraction must be in (0, 0.5), got {eval_fraction}")
         if vocab_size != len(task.vocabulary):
-            raise ValueError(
+            raise ConfigError(
                 f"data.vocab_size={vocab_size}, but the task's vocabulary "
                 f"{task.vocabulary!r} has {len(task.vocabulary)} tokens: set "
                 f"data.vocab_size={len(task.vocabulary)}"
             )
         if block_size < self.required_block_size(task):
-            raise ValueError(
+            raise ConfigError(
                 f"data.block_size={block_size} is too small for this task: its longest input, "
                 "in the length-generalisation split, has "
                 f"{self.required_block_size(task)} tokens; set "
@@ -179,7 +180,7 @@ class TaskDataModule(L.LightningDataModule):
     def check_model_block_size(self, model_block_size: int) -> None:
         needed = self.required_block_size(self.task)
         if model_block_size < needed:
-            raise ValueError(
+            raise ConfigError(
                 f"model.block_size={model_block_size} cannot hold this task's sequences: the "
                 f"longest input (length-generalisation split included) has {needed} tokens. "
                 f"Drop the model.block_size override (it follows data.block_size) or set it "
@@ -210,7 +211,7 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         if trainer is None or trainer.max_steps <= 0:
-            raise ValueError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
+            raise ConfigError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
         accumulate = trainer.accumulate_grad_batches
         batches = TaskBatches(
             self.task,

@@ -20,6 +20,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from attn_lightning.errors import ConfigError
+
 # Padding is a newline: an example reads as one line of text, and a language-model prompt of
 # "\n" (the text-sample callback's default) is a valid token of every task.
 PAD, SEP, EOS = "\n", "=", "."
@@ -63,7 +65,9 @@ class Task(ABC):
 
 def _check_symbols(num_symbols: int) -> None:
     if not 2 <= num_symbols <= len(SYMBOLS):
-        raise ValueError(f"data.task.num_symbols must be in [2, {len(SYMBOLS)}], got {num_symbols}")
+        raise ConfigError(
+            f"data.task.num_symbols must be in [2, {len(SYMBOLS)}], got {num_symbols}"
+        )
 
 
 class _SequenceTask(Task):
@@ -76,7 +80,7 @@ class _SequenceTask(Task):
         _check_symbols(num_symbols)
         min_length = length if min_length is None else min_length
         if not 1 <= min_length <= length < long_length:
-            raise ValueError(
+            raise ConfigError(
                 "need 1 <= data.task.min_length <= data.task.length < data.task.long_length, got "
                 f"{min_length}, {length}, {long_length}"
             )
@@ -118,7 +122,7 @@ class AdditionTask(Task):
 
     def __init__(self, num_digits: int, long_num_digits: int, reverse_answer: bool = True) -> None:
         if not 1 <= num_digits < long_num_digits <= 18:
-            raise ValueError(
+            raise ConfigError(
                 "need 1 <= data.task.num_digits < data.task.long_num_digits <= 18, got "
                 f"{num_digits}, {long_num_digits}"
             )

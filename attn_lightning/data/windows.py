@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from attn_lightning.errors import ConfigError
+
 
 def windows_at(tokens: Tensor, starts: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
     """Inputs tokens[s : s+T] and targets tokens[s+1 : s+T+1] for each start s -> (N, T) each."""
@@ -41,7 +43,7 @@ class RandomWindowBatches(Dataset):
         first_batch: int = 0,
     ) -> None:
         if len(tokens) <= block_size + 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the training split has {len(tokens)} tokens, too few for block_size "
                 f"{block_size}: lower model.block_size"
             )
@@ -67,7 +69,7 @@ def evenly_spaced_starts(num_tokens: int, block_size: int, count: int | None) ->
     windows when `count` is None or larger than what fits)."""
     last = num_tokens - block_size - 1
     if last < 0:
-        raise ValueError(
+        raise ConfigError(
             f"the evaluation split has {num_tokens} tokens, too few for block_size {block_size}: "
             "lower model.block_size or raise data.val_fraction"
         )

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.errors import ConfigError
 
 AttentionFactory = Callable[..., CausalSelfAttention]
 POS_EMBEDDINGS = ("learned", "none")
@@ -91,9 +92,9 @@ class GPT(nn.Module):
             ("block_size", block_size),
         ):
             if value <= 0:
-                raise ValueError(f"model.{name} must be positive, got {value}")
+                raise ConfigError(f"model.{name} must be positive, got {value}")
         if pos_embedding not in POS_EMBEDDINGS:
-            raise ValueError(
+            raise ConfigError(
                 f"model.pos_embedding={pos_embedding!r} is unknown; choose one of {POS_EMBEDDINGS}"
             )
         self.vocab_size = vocab_size
@@ -188,7 +189,7 @@ class GPT(nn.Module):
         last `block_size` tokens. temperature 0 means greedy decoding. `incremental=False`
         recomputes the whole cropped context for every token (the reference)."""
         if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
         next_logits = IncrementalDecoder(self) if incremental else self.full_logits
         for _ in range(max_new_tokens):
             logits = next_logits(idx)  # (B, V)
