@@ -37,6 +37,7 @@ from attn_lightning.analysis.probe import probe
 from attn_lightning.analysis.report import markdown_table, stats_table, write_text
 from attn_lightning.analysis.stats import head_statistics
 from attn_lightning.config import CONFIG_DIR
+from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import LitGPT, load_checkpoint
 from attn_lightning.sample import resolve_device
 
@@ -175,6 +176,7 @@ def analyze(cfg: DictConfig) -> dict[str, Path]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     files = analyze(cfg)
     summary = files["summary"].read_text(encoding="utf-8")

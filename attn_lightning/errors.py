@@ -3,6 +3,13 @@ any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class UserError(Exception):
     """A problem with the user's input: config, data, or checkpoint. Its message says what to
@@ -27,3 +34,21 @@ def find_user_error(error: BaseException) -> UserError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def exit_on_user_error(entry_point: Callable[..., T]) -> Callable[..., T]:
+    """Wrap an entry point: a UserError prints `error: <message>` and exits 2; anything else
+    propagates with its traceback."""
+
+    @functools.wraps(entry_point)
+    def wrapper(*args, **kwargs) -> T:
+        try:
+            return entry_point(*args, **kwargs)
+        except Exception as error:
+            user_error = find_user_error(error)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

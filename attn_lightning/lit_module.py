@@ -11,6 +11,7 @@ token, `bpc` (bits per character, so character and BPE models compare), and on s
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,18 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from attn_lightning.errors import ConfigError
+from attn_lightning.checkpoint import read_checkpoint
+from attn_lightning.errors import ConfigError, UserError
 from attn_lightning.model.gpt import GPT
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100  # targets the loss skips: padding and the prompts of synthetic tasks
 METRICS = ("loss", "ppl", "bpc", "answer_token_acc", "exact_match")  # per evaluation stage
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite."""
 
 
 def warmup_cosine(
@@ -108,6 +116,7 @@ class LitGPT(L.LightningModule):
         for key in ("lr", "min_lr"):
             if not optim[key] > 0:
                 raise ConfigError(f"optim.{key} must be positive, got {optim[key]}")
+        self.nonfinite_skips = 0
         self.tokenizer = instantiate(tokenizer)
         vocab_size = self.tokenizer.vocab_size
         if model.get("vocab_size") not in (None, vocab_size):
@@ -142,13 +151,45 @@ class LitGPT(L.LightningModule):
     def forward(self, idx: Tensor, targets: Tensor | None = None):
         return self.model(idx, targets)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, y = batch
         loss = self.model(x, y).loss
+        if not torch.isfinite(loss):
+            return self._skip_or_stop(loss)  # None skips backward and optimizer step
         # Not on the progress bar: RichProgressBar reads its metrics every step, which would
         # force a device sync per step (25% of GPU throughput on the baby GPT).
         self.log("train/loss", loss)
         return loss
+
+    def _skip_or_stop(self, loss: Tensor) -> None:
+        """`optim.on_nonfinite_loss`: `stop` at once, or `skip` the batch up to
+        `optim.max_nonfinite_skips` times; stopping names the step and the last checkpoint."""
+        cfg = self.hparams.optim
+        self.nonfinite_skips += 1
+        if cfg.get("on_nonfinite_loss", "stop") == "skip" and self.nonfinite_skips <= cfg.get(
+            "max_nonfinite_skips", 0
+        ):
+            log.warning(
+                "non-finite loss %s at step %d: batch skipped", loss.item(), self.global_step
+            )
+            return None
+        saved = [
+            Path(path)
+            for callback in self.trainer.checkpoint_callbacks
+            for path in (getattr(callback, "last_model_path", ""), callback.best_model_path)
+            if path and Path(path).is_file()
+        ]
+        last_good = max(saved, key=lambda p: p.stat().st_mtime, default=None)
+        raise NonFiniteLossError(
+            f"training loss is {loss.item()} at step {self.global_step} "
+            f"({self.nonfinite_skips} non-finite so far); stopped before the bad update. "
+            + (
+                f"Last good checkpoint: {last_good} (resume with ckpt_path={last_good}). "
+                if last_good
+                else "No checkpoint was written yet. "
+            )
+            + "Lower optim.lr, check the data, or set optim.on_nonfinite_loss=skip."
+        )
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         x, y = batch
@@ -206,12 +247,9 @@ class LitGPT(L.LightningModule):
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitGPT:
-    """Rebuild a trained LitGPT (model and tokenizer) from a checkpoint file alone."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: pass ckpt_path=<run dir>/checkpoints/last.ckpt "
-            "(run dirs live under outputs/)"
-        )
-    module = LitGPT.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    return module.eval()
+    """Rebuild a trained LitGPT (model and tokenizer) from a checkpoint file alone, reading it
+    safely (see attn_lightning/checkpoint.py) and in eval mode."""
+    checkpoint = read_checkpoint(path, map_location)
+    module = LitGPT(**checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(map_location).eval()

@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig
 
 from attn_lightning.config import CONFIG_DIR
+from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import load_checkpoint
 
 
@@ -29,6 +30,7 @@ def sample(cfg: DictConfig) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     print(sample(cfg))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from attn_lightning.checkpoint import read_checkpoint
 from attn_lightning.config import CONFIG_DIR, print_config
 from attn_lightning.ddp_multirun import ddp_job_scope
-from attn_lightning.errors import find_user_error
+from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.validate import check_config
 
@@ -71,16 +70,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise  # a bug: keep the traceback
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(2)
-    return metrics.get("val/loss")  # the objective of hyperparameter sweepers
+    return train(cfg).get("val/loss")  # the objective of hyperparameter sweepers
 
 
 if __name__ == "__main__":

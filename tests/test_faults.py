@@ -1,0 +1,224 @@
+"""Faults and bad input: kills, signals, NaN, hostile or broken checkpoints, bad configs.
+Nothing may lose work silently, and a user error is a message, not a traceback."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import REPO_ROOT, TINY
+
+from attn_lightning.checkpoint import read_checkpoint, save_atomic
+from attn_lightning.errors import CheckpointError
+
+RUN = [
+    *TINY,
+    "model.dropout=0.1",  # so resuming must restore the RNG too
+    "trainer.log_every_n_steps=1",
+    "trainer.val_check_interval=40",
+    "checkpoint_every_n_steps=10",
+    "test=false",
+    "~callbacks.text_sample",
+    "~callbacks.progress_bar",
+]
+
+
+def cli(args: list[str], cwd: Path, data_dir: Path, module: str = "attn_lightning"):
+    env = dict(os.environ, ATTN_LIGHTNING_DATA_DIR=str(data_dir))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", module, *args], env
+
+
+def run(args, cwd, data_dir, module="attn_lightning") -> subprocess.CompletedProcess:
+    command, env = cli(args, cwd, data_dir, module)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def saved_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["global_step"])
+    except Exception:  # not written yet, or being replaced
+        return -1
+
+
+def start_and_wait(args, cwd, data_dir, ckpt: Path, min_step: int) -> subprocess.Popen:
+    """Start a training run and return once it has checkpointed step >= min_step."""
+    command, env = cli(args, cwd, data_dir)
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while saved_step(ckpt) < min_step:
+        assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.1)
+    return proc
+
+
+def train_losses(run_dir: Path) -> dict[int, str]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return {int(r["step"]): r["train/loss"] for r in csv.DictReader(f) if r["train/loss"]}
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(data_dir, tmp_path):
+    args = [*RUN, "trainer.max_steps=120"]
+    ckpt = tmp_path / "outputs/killed/checkpoints/last.ckpt"
+    proc = start_and_wait([*args, "hydra.run.dir=outputs/killed"], tmp_path, data_dir, ckpt, 30)
+    proc.kill()  # SIGKILL: no chance to save anything more
+    proc.wait()
+    step = saved_step(ckpt)
+    assert 30 <= step < 120
+    resumed = run([*args, "hydra.run.dir=outputs/resumed", f"ckpt_path={ckpt}"], tmp_path, data_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full = run([*args, "hydra.run.dir=outputs/full"], tmp_path, data_dir)
+    assert full.returncode == 0, full.stderr[-3000:]
+    after = train_losses(tmp_path / "outputs/resumed")
+    assert sorted(after) == list(range(step, 120))  # no step lost, none repeated
+    reference = train_losses(tmp_path / "outputs/full")
+    assert {s: reference[s] for s in after} == after  # bit-identical on CPU
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
+    ckpt = tmp_path / "outputs/run/checkpoints/last.ckpt"
+    args = [*RUN, "trainer.max_steps=100000", "hydra.run.dir=outputs/run"]
+    proc = start_and_wait(args, tmp_path, data_dir, ckpt, 10)
+    time.sleep(1.0)  # let it run past the periodic checkpoint
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+    step = saved_step(ckpt)
+    assert f"Interrupted at step {step}" in output
+    assert (step > 10 and step % 10 != 0) or step > 20  # the current step, not a periodic one
+    read_checkpoint(ckpt)  # loadable, safely
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ([], "(1 non-finite so far)"),
+        (["optim.on_nonfinite_loss=skip", "optim.max_nonfinite_skips=2"], "(3 non-finite so far)"),
+    ],
+    ids=["stop", "skip-then-stop"],
+)
+def test_nonfinite_loss_stops_with_step_and_checkpoint(data_dir, tmp_path, options, expected):
+    args = [*RUN, "trainer.max_steps=300", "optim.lr=1e4", "optim.warmup_steps=0", *options]
+    proc = run(args, tmp_path, data_dir)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "training loss is nan at step" in proc.stderr or "training loss is inf" in proc.stderr
+    assert expected in proc.stderr
+
+
+class CreatesFile:
+    """Unpickling this runs code: it creates a file (the proof that code ran)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_checkpoint_carrying_code_is_refused_and_the_code_never_runs(data_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": CreatesFile(marker)}, evil)
+    with pytest.raises(CheckpointError, match="could run code"):
+        read_checkpoint(evil)
+    proc = run(
+        [f"ckpt_path={evil}", "max_new_tokens=5"],
+        tmp_path,
+        data_dir,
+        module="attn_lightning.sample",
+    )
+    assert proc.returncode == 2 and "refused to load" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_config_target_outside_the_package_is_refused(tmp_path):
+    path = tmp_path / "target.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": {"_target_": "os.system"}}}, path)
+    with pytest.raises(CheckpointError, match=r"os\.system"):
+        read_checkpoint(path)
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save_atomic({"state_dict": {"w": torch.randn(1000)}}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        read_checkpoint(path)
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_atomic({"state_dict": {"step": torch.tensor(1)}}, path)
+
+    def torn_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the writer is interrupted mid-file
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"state_dict": {"step": torch.tensor(2)}}, path)
+    monkeypatch.undo()
+    assert read_checkpoint(path)["state_dict"]["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_killed_writer_leaves_no_partial_file_named_like_a_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save_atomic({"state_dict": {"step": torch.tensor(1)}}, path)
+    script = f"""
+import os, signal, torch
+from attn_lightning.checkpoint import save_atomic
+def torn_save(obj, f, *a, **k):
+    f.write(b"half a checkpoint"); f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = torn_save
+save_atomic({{"state_dict": {{}}}}, {str(path)!r})
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert read_checkpoint(path)["state_dict"]["step"] == 1
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert leftovers and not any(name.endswith(".ckpt") for name in leftovers)
+
+
+BAD_CONFIGS = [
+    (["model.n_embd=33"], "not divisible by model.n_head"),
+    (["attention=gqa", "attention.n_kv_head=3"], "must be positive and divide model.n_head"),
+    (["model.block_size=0"], "model.block_size must be positive"),
+    (["model.block_size=120000"], "too few for block_size"),
+    (["optim.lr=-1"], "optim.lr must be positive"),
+    (["data.batch_size=0"], "data.batch_size must be positive"),
+    (["trainer.max_steps=0"], "trainer.max_steps must be positive"),
+    (["attention=nope"], "Available options in 'attention'"),
+    (["data=nope"], "Available options in 'data'"),
+    (["attention=performer", "attention.nb_features=0"], "nb_features must be >= 1"),
+    (["attention=sliding_window", "attention.window=0"], "window must be >= 1"),
+    (["attention=nystrom", "attention.num_landmarks=7"], "num_landmarks"),
+    (["trainer=ddp"], "trainer=ddp_cpu"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"), BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS]
+)
+def test_bad_config_exits_with_its_message_and_no_traceback(data_dir, tmp_path, overrides, message):
+    if overrides == ["trainer=ddp"] and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs trainer=ddp asks for")
+    proc = run([*TINY[1:], "debug=fast", *overrides], tmp_path, data_dir)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
