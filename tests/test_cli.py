@@ -149,15 +149,12 @@ def test_multirun_gives_one_dir_per_job(data_dir: Path, tmp_path: Path):
 
 
 def test_ddp_cpu_run_writes_one_dir_and_logs_from_rank_zero(data_dir: Path, tmp_path: Path):
-    proc = run_cli(
-        "attn_lightning", [*TINY[1:], "trainer=ddp_cpu", "test=false"], tmp_path, data_dir
-    )
+    run_cli("attn_lightning", [*TINY[1:], "trainer=ddp_cpu", "test=false"], tmp_path, data_dir)
     (run_dir,) = run_dirs(tmp_path / "outputs")
     assert not (tmp_path / "outputs" / "multirun").exists()
     acc = events(run_dir)  # asserts a single writing process
     # Two ranks, each with its own batches: tokens counted for both.
     assert acc.Scalars("train/tokens_seen")[-1].value == 2 * 12 * 4 * 32
-    assert proc.stdout.count("Seed set to") <= 1 or "rank: 1" not in proc.stdout
 
 
 def test_ddp_cpu_multirun_children_do_not_start_sweeps(data_dir: Path, tmp_path: Path):

@@ -20,9 +20,9 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
 
 from attn_lightning.config import CONFIG_DIR
+from attn_lightning.data.step_batches import step_loader
 from attn_lightning.data.windows import RandomWindowBatches
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.train import build_trainer, plain
@@ -53,7 +53,7 @@ def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:
         plain(cfg.model), plain(cfg.attention), plain(cfg.optim), dm.tokenizer.state_dict()
     )
     batches = RandomWindowBatches(
-        dm.splits[0], dm.block_size, dm.batch_size, cfg.trainer.max_steps, seed=cfg.seed
+        dm.splits[0], dm.block_size, dm.batch_size, num_batches=cfg.trainer.max_steps, seed=cfg.seed
     )
     return module, batches
 
@@ -64,7 +64,7 @@ def run_lightning(cfg: Any, warmup: int) -> tuple[float, float]:
     clock = StepClock(warmup)
     trainer = build_trainer(cfg)
     trainer.callbacks.append(clock)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    trainer.fit(module, train_dataloaders=step_loader(batches))
     return clock.end - clock.start, clock.last_loss
 
 
@@ -86,7 +86,7 @@ def run_plain(cfg: Any, warmup: int) -> tuple[float, float]:
         device.type, torch.bfloat16, enabled="bf16" in str(cfg.trainer.precision)
     )
     start = 0.0
-    for step, (x, y) in enumerate(DataLoader(batches, batch_size=None), start=1):
+    for step, (x, y) in enumerate(step_loader(batches), start=1):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
             loss = model(x, y).loss

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.download import DatasetUnavailableError, fetch_verified, sha256_of
+from attn_lightning.data.step_batches import eval_loader, step_loader, step_position
 from attn_lightning.data.windows import FixedWindows, RandomWindowBatches
 from attn_lightning.errors import ConfigError
 
@@ -142,35 +143,19 @@ class ShakespeareDataModule(L.LightningDataModule):
         n_train = int(len(tokens) * (1.0 - self.val_fraction))
         return tokens[:n_train], tokens[n_train:]
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        if trainer is None or trainer.max_steps <= 0:
-            raise ConfigError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
-        accumulate = trainer.accumulate_grad_batches
         batches = RandomWindowBatches(
             self.splits[0],
             self.block_size,
             self.batch_size,
-            num_batches=trainer.max_steps * accumulate,
             seed=self.seed,
-            rank=trainer.global_rank,
-            first_batch=trainer.global_step * accumulate,  # a resumed run continues its sequence
+            **step_position(self.trainer),
         )
-        return DataLoader(batches, batch_size=None, shuffle=False, generator=torch.Generator())
+        return step_loader(batches)
 
     def _eval_loader(self, count: int | None) -> DataLoader:
-        rank, world = self._rank_and_world()
         windows = FixedWindows(self.splits[1], self.block_size, count)
-        shard = torch.utils.data.Subset(windows, range(rank, len(windows), world))
-        # A private generator: DataLoader iterators otherwise draw a seed from the global RNG,
-        # which would make a resumed run's dropout masks differ from an uninterrupted one's.
-        return DataLoader(
-            shard, batch_size=self.eval_batch_size, shuffle=False, generator=torch.Generator()
-        )
+        return eval_loader(windows, self.eval_batch_size, self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_windows)

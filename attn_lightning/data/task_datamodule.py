@@ -15,9 +15,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from attn_lightning.data.char_tokenizer import CharTokenizer
+from attn_lightning.data.step_batches import StepBatches, eval_loader, step_loader, step_position
 from attn_lightning.data.tasks import EOS, SEP, Task, split_of
 from attn_lightning.errors import ConfigError
 
@@ -44,36 +45,18 @@ def encode_examples(
     return inputs, targets
 
 
-class TaskBatches(Dataset):
-    """Item i is a batch of `batch_size` training examples drawn with a generator seeded by
-    (seed, rank, first_batch + i), rejecting prompts that belong to the validation or test
-    split; use with `DataLoader(batch_size=None)`. Training data never repeats a batch and a
-    resumed run continues the exact sequence (as `RandomWindowBatches`)."""
+class TaskBatches(StepBatches):
+    """Each batch: `batch_size` training examples, rejecting prompts that belong to the
+    validation or test split, so training data never repeats an evaluation example."""
 
-    def __init__(
-        self,
-        task: Task,
-        batch_size: int,
-        num_batches: int,
-        seed: int,
-        eval_fraction: float,
-        rank: int = 0,
-        first_batch: int = 0,
-    ) -> None:
+    def __init__(self, task: Task, batch_size: int, eval_fraction: float, **position: int) -> None:
+        super().__init__(**position)
         self.task = task
         self.batch_size = batch_size
-        self.num_batches = num_batches
-        self.seed = seed
         self.eval_fraction = eval_fraction
-        self.rank = rank
-        self.first_batch = first_batch
         self.length = task.max_sequence_length()
 
-    def __len__(self) -> int:
-        return max(self.num_batches - self.first_batch, 0)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, self.first_batch + i])
+    def batch(self, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         examples: list[tuple[str, str]] = []
         while len(examples) < self.batch_size:
             prompt, answer = self.task.sample(rng)
@@ -209,27 +192,17 @@ class TaskDataModule(L.LightningDataModule):
         return TensorDataset(*encode_examples(self.examples(split), self.task.vocabulary, length))
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        if trainer is None or trainer.max_steps <= 0:
-            raise ConfigError("training needs trainer.max_steps > 0 (the batches are step-indexed)")
-        accumulate = trainer.accumulate_grad_batches
         batches = TaskBatches(
             self.task,
             self.batch_size,
-            num_batches=trainer.max_steps * accumulate,
-            seed=self.seed,
             eval_fraction=self.eval_fraction,
-            rank=trainer.global_rank,
-            first_batch=trainer.global_step * accumulate,
+            seed=self.seed,
+            **step_position(self.trainer),
         )
-        return DataLoader(batches, batch_size=None, shuffle=False)
+        return step_loader(batches)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        data = self.eval_set(split)
-        shard = Subset(data, range(rank, len(data), world))
-        return DataLoader(shard, batch_size=self.eval_batch_size, shuffle=False)
+        return eval_loader(self.eval_set(split), self.eval_batch_size, self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

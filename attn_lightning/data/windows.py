@@ -1,8 +1,7 @@
 """Batches of (input, target) windows cut from one long token stream.
 
-Training batches are a pure function of (seed, batch index, rank): runs are reproducible,
-resumable from any step, and each DDP rank sees different data. Evaluation windows are
-fixed once and for all.
+Training batches are step-indexed (see step_batches.py); evaluation windows are fixed once and
+for all.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from attn_lightning.data.step_batches import StepBatches
 from attn_lightning.errors import ConfigError
 
 
@@ -22,26 +22,11 @@ def windows_at(tokens: Tensor, starts: Tensor, block_size: int) -> tuple[Tensor,
     return chunk[:, :-1], chunk[:, 1:]
 
 
-class RandomWindowBatches(Dataset):
-    """Item i is a whole batch of `batch_size` random windows drawn with a generator seeded by
-    (seed, rank, first_batch + i); use with `DataLoader(batch_size=None)`.
+class RandomWindowBatches(StepBatches):
+    """Each batch: `batch_size` windows at random offsets of the token stream."""
 
-    With gradient accumulation 1, the batch index equals the optimizer's global step.
-    `first_batch` lets a resumed run continue the exact sequence it would have seen. The length
-    stays `num_batches`: Lightning counts a resumed epoch's batches from the restored position,
-    so a shorter dataset would end the epoch early and replay data.
-    """
-
-    def __init__(
-        self,
-        tokens: Tensor,
-        block_size: int,
-        batch_size: int,
-        num_batches: int,
-        seed: int,
-        rank: int = 0,
-        first_batch: int = 0,
-    ) -> None:
+    def __init__(self, tokens: Tensor, block_size: int, batch_size: int, **position: int) -> None:
+        super().__init__(**position)
         if len(tokens) <= block_size + 1:
             raise ConfigError(
                 f"the training split has {len(tokens)} tokens, too few for block_size "
@@ -50,16 +35,8 @@ class RandomWindowBatches(Dataset):
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
-        self.num_batches = num_batches
-        self.seed = seed
-        self.rank = rank
-        self.first_batch = first_batch
 
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, self.first_batch + i])
+    def batch(self, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
         return windows_at(self.tokens, torch.from_numpy(starts), self.block_size)
 

@@ -65,14 +65,14 @@ def test_training_batches_are_a_pure_function_of_seed_step_and_rank(data_dir: Pa
     train = make_dm(data_dir).splits[0]
 
     def batch(seed: int, step: int, rank: int) -> torch.Tensor:
-        return RandomWindowBatches(train, 64, 12, 100, seed=seed, rank=rank)[step][0]
+        return RandomWindowBatches(train, 64, 12, num_batches=100, seed=seed, rank=rank)[step][0]
 
     assert torch.equal(batch(1, 5, 0), batch(1, 5, 0))
     assert not torch.equal(batch(1, 5, 0), batch(1, 6, 0))
     assert not torch.equal(batch(1, 5, 0), batch(1, 5, 1))
     assert not torch.equal(batch(1, 5, 0), batch(2, 5, 0))
     # A run resumed at step 40 continues the exact sequence of an uninterrupted one.
-    resumed = RandomWindowBatches(train, 64, 12, 100, seed=1, first_batch=40)
+    resumed = RandomWindowBatches(train, 64, 12, num_batches=100, seed=1, first_batch=40)
     assert torch.equal(resumed[0][0], batch(1, 40, 0))
     assert torch.equal(resumed[59][0], batch(1, 99, 0))
 
