@@ -117,6 +117,7 @@ class LitGPT(L.LightningModule):
             if not optim[key] > 0:
                 raise ConfigError(f"optim.{key} must be positive, got {optim[key]}")
         self.nonfinite_skips = 0
+        self.first_nonfinite_step: Tensor | None = None  # device-side record (accelerators)
         self.tokenizer = instantiate(tokenizer)
         vocab_size = self.tokenizer.vocab_size
         if model.get("vocab_size") not in (None, vocab_size):
@@ -154,12 +155,44 @@ class LitGPT(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, y = batch
         loss = self.model(x, y).loss
-        if not torch.isfinite(loss):
-            return self._skip_or_stop(loss)  # None skips backward and optimizer step
+        if self._check_loss_every_step():
+            if not torch.isfinite(loss):
+                return self._skip_or_stop(loss)  # None skips backward and optimizer step
+        else:
+            self._record_nonfinite(loss)
         # Not on the progress bar: RichProgressBar reads its metrics every step, which would
         # force a device sync per step (25% of GPU throughput on the baby GPT).
         self.log("train/loss", loss)
         return loss
+
+    def _check_loss_every_step(self) -> bool:
+        """On CPU a per-step check is free. On an accelerator it would sync every step, so
+        only `skip` (which must decide before the update) pays for it; `stop` records the
+        first bad step on the device and checks it at log intervals and before any
+        checkpoint is written, so weights touched by a bad update are never saved."""
+        skip = self.hparams.optim.get("on_nonfinite_loss", "stop") == "skip"
+        return skip or self.device.type == "cpu"
+
+    def _record_nonfinite(self, loss: Tensor) -> None:
+        if self.first_nonfinite_step is None:
+            self.first_nonfinite_step = torch.full((), -1, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self.first_nonfinite_step < 0)
+        self.first_nonfinite_step = torch.where(bad, self.global_step, self.first_nonfinite_step)
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.raise_if_nonfinite()
+
+    def raise_if_nonfinite(self) -> None:
+        """Stop if a non-finite loss was recorded (one device sync)."""
+        if self.first_nonfinite_step is not None and int(self.first_nonfinite_step) >= 0:
+            step = int(self.first_nonfinite_step)
+            self.nonfinite_skips += 1
+            self._stop(
+                f"training loss became non-finite at step {step}; weights updated since "
+                "then are discarded. "
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.raise_if_nonfinite()
 
     def _skip_or_stop(self, loss: Tensor) -> None:
         """`optim.on_nonfinite_loss`: `stop` at once, or `skip` the batch up to
@@ -173,6 +206,12 @@ class LitGPT(L.LightningModule):
                 "non-finite loss %s at step %d: batch skipped", loss.item(), self.global_step
             )
             return None
+        self._stop(
+            f"training loss is {loss.item()} at step {self.global_step}; "
+            "stopped before the bad update. "
+        )
+
+    def _stop(self, what: str) -> None:
         saved = [
             Path(path)
             for callback in self.trainer.checkpoint_callbacks
@@ -181,8 +220,8 @@ class LitGPT(L.LightningModule):
         ]
         last_good = max(saved, key=lambda p: p.stat().st_mtime, default=None)
         raise NonFiniteLossError(
-            f"training loss is {loss.item()} at step {self.global_step} "
-            f"({self.nonfinite_skips} non-finite so far); stopped before the bad update. "
+            what
+            + f"({self.nonfinite_skips} non-finite so far) "
             + (
                 f"Last good checkpoint: {last_good} (resume with ckpt_path={last_good}). "
                 if last_good

@@ -222,3 +222,43 @@ def test_bad_config_exits_with_its_message_and_no_traceback(data_dir, tmp_path, 
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_deferred_nonfinite_check_stops_and_never_saves_bad_weights(
+    data_dir, tmp_path, monkeypatch
+):
+    """The accelerator path (no per-step sync), forced on CPU: the run stops naming the first
+    bad step, and no checkpoint holds weights updated after it."""
+    from hydra import compose, initialize_config_dir
+
+    from attn_lightning.config import CONFIG_DIR
+    from attn_lightning.errors import find_user_error
+    from attn_lightning.lit_module import LitGPT
+    from attn_lightning.train import train
+
+    monkeypatch.setattr(LitGPT, "_check_loss_every_step", lambda self: False)
+    monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
+    overrides = [o for o in RUN if not o.startswith("~")] + [
+        "trainer.max_steps=300",
+        "optim.lr=1e4",
+        "optim.warmup_steps=0",
+        "trainer.log_every_n_steps=50",
+        "checkpoint_every_n_steps=1",
+        f"paths.output_dir={tmp_path}",
+        "~callbacks.progress_bar",
+        "~callbacks.text_sample",
+    ]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with pytest.raises(BaseException) as raised:
+        train(cfg)
+    error = find_user_error(raised.value)
+    assert error is not None and "became non-finite at step" in str(error)
+    bad_step = int(str(error).split("non-finite at step ")[1].split(";")[0])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if last.exists():  # checkpoints stop at the first bad step
+        state = read_checkpoint(last)
+        assert state["global_step"] <= bad_step
+        assert all(
+            torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+        )
