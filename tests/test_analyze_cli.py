@@ -22,6 +22,7 @@ RUN = [
     "++trainer.limit_test_batches=2",
     "callbacks.run_report.sample_tokens=40",
     "callbacks.run_report.max_tokens=16",
+    "callbacks.attention_maps.every_n_validations=1",
 ]
 
 
