@@ -21,6 +21,7 @@ def test_lightning_and_plain_loops_compute_identical_losses(data_dir, monkeypatc
     monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
     result = measure(TINY, steps=8, warmup=2, repeats=2)
     plain, lightning = result["plain"], result["lightning"]
+    assert len(result["pair_ratios"]) == 2 and all(r > 0 for r in result["pair_ratios"])
     assert len(plain["final_losses"]) == 1  # deterministic on CPU
     assert plain["final_losses"] == lightning["final_losses"]
     for r in (plain, lightning):
