@@ -76,8 +76,16 @@ class PerformerAttention(CausalSelfAttention):
         self.chunk_size = chunk_size
         self.attn_dropout = nn.Identity()  # no dropout on an implicit matrix
         self.register_buffer("feature_seed", torch.randint(2**31 - 1, ()))  # from the global seed
-        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("projection", self.draw_projection(0))  # (M, d)
+        # A host-side int, not a buffer: reading a device buffer would sync every step on GPU.
+        # It is saved in the checkpoint through get/set_extra_state.
+        self.training_steps = 0
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"training_steps": self.training_steps}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.training_steps = int(state["training_steps"])
 
     def draw_projection(self, draw: int) -> Tensor:
         generator = torch.Generator().manual_seed(int(self.feature_seed) * 1_000_003 + draw)
@@ -85,7 +93,7 @@ class PerformerAttention(CausalSelfAttention):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
         if self.training and self.redraw_interval is not None:
-            step = int(self.training_steps)
+            step = self.training_steps
             if step > 0 and step % self.redraw_interval == 0:
                 draw = step // self.redraw_interval
                 self.projection.copy_(self.draw_projection(draw).to(self.projection))
