@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attn_lightning.checkpoint import read_checkpoint
 from attn_lightning.config import CONFIG_DIR, print_config
+from attn_lightning.csv_logger import ResumableCSVLogger
 from attn_lightning.ddp_multirun import ddp_job_scope
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import LitGPT
@@ -32,24 +33,25 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
 
-def checkpoint_to_resume(cfg: DictConfig) -> str | None:
-    """`ckpt_path`, or with `resume=auto` this run dir's last.ckpt when there is one. The file
-    is checked now, so a bad checkpoint fails before any training starts."""
+def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
+    """`ckpt_path`, or with `resume=auto` this run dir's last.ckpt when there is one, and the
+    step it continues from. The file is checked now, so a bad checkpoint fails before any
+    training starts."""
     path = cfg.ckpt_path
     if path is None and cfg.resume == "auto":
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         path = str(last) if last.is_file() else None
         log.info("resume=auto: %s", f"resuming from {last}" if path else f"no {last}, fresh start")
-    if path is not None:
-        read_checkpoint(path)
-    return path
+    if path is None:
+        return None, 0
+    return path, int(read_checkpoint(path).get("global_step", 0))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final logged metrics."""
     print_config(cfg)
     check_config(cfg)
-    ckpt_path = checkpoint_to_resume(cfg)
+    ckpt_path, resume_step = checkpoint_to_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     datamodule = instantiate(cfg.data)
@@ -60,6 +62,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tokenizer=datamodule.tokenizer.state_dict(),
     )
     trainer = build_trainer(cfg)
+    for logger in trainer.loggers:
+        if isinstance(logger, ResumableCSVLogger):
+            logger.resume_at(resume_step)  # keep the rows logged before the checkpoint
     with ddp_job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.test:

@@ -62,9 +62,9 @@ def start_and_wait(args, cwd, data_dir, ckpt: Path, min_step: int) -> subprocess
     return proc
 
 
-def train_losses(run_dir: Path) -> dict[int, str]:
+def train_losses(run_dir: Path) -> list[tuple[int, str]]:
     with open(run_dir / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): r["train/loss"] for r in csv.DictReader(f) if r["train/loss"]}
+        return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_losses(data_dir, tmp_path):
@@ -80,9 +80,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(data_dir, tmp_path):
     full = run([*args, "hydra.run.dir=outputs/full"], tmp_path, data_dir)
     assert full.returncode == 0, full.stderr[-3000:]
     after = train_losses(tmp_path / "outputs/resumed")
-    assert sorted(after) == list(range(step, 120))  # no step lost, none repeated
-    reference = train_losses(tmp_path / "outputs/full")
-    assert {s: reference[s] for s in after} == after  # bit-identical on CPU
+    assert [s for s, _ in after] == list(range(step, 120))  # no step lost, none repeated
+    reference = dict(train_losses(tmp_path / "outputs/full"))
+    assert {s: reference[s] for s, _ in after} == dict(after)  # bit-identical on CPU
+    # continuing in place (resume=auto) keeps the killed attempt's history before the
+    # checkpoint and replaces what it logged after it: the whole run's curve, once
+    in_place = run([*args, "hydra.run.dir=outputs/killed", "resume=auto"], tmp_path, data_dir)
+    assert in_place.returncode == 0, in_place.stderr[-3000:]
+    assert f"resuming from {ckpt}" in in_place.stderr + in_place.stdout
+    assert train_losses(tmp_path / "outputs/killed") == train_losses(tmp_path / "outputs/full")
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):

@@ -1,0 +1,85 @@
+"""metrics.csv that survives kills and resumes.
+
+Lightning's CSVLogger appends rows to metrics.csv in place (a kill mid-write leaves a torn row
+that a reader takes as data) and deletes an existing metrics.csv when a run starts in a dir that
+has one, which is exactly what continuing a run in place does. This logger rewrites the whole
+file through a temp file and a rename at each flush, and on resume keeps the rows logged before
+the checkpoint's step: the resumed run logs the later steps again, so those rows are replaced,
+never duplicated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from attn_lightning.analysis.report import write_text
+
+
+class _AtomicWriter(ExperimentWriter):
+    """Keeps every row of the run in memory and rewrites metrics.csv atomically on save."""
+
+    def __init__(self, log_dir: str, resume_step: int) -> None:
+        self.resume_step = resume_step
+        self.rows: list[dict[str, Any]] | None = None  # read from disk at the first save
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning deletes metrics.csv here; the history is dealt with at the first save."""
+
+    def _earlier_rows(self) -> list[dict[str, Any]]:
+        """Rows of an earlier attempt at this run that come before the resumed step."""
+        if self.resume_step <= 0 or not os.path.isfile(self.metrics_file_path):
+            return []
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [
+            {k: v for k, v in row.items() if v != ""}
+            for row in rows
+            if row.get("step") and int(float(row["step"])) < self.resume_step
+        ]
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        if self.rows is None:
+            self.rows = self._earlier_rows()
+        self.rows.extend(self.metrics)
+        self.metrics = []
+        self.metrics_keys = sorted(set().union(*self.rows))
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.metrics_file_path, text.getvalue())
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger with atomic writes and the run's history kept across a resume.
+
+    Call `resume_at(step)` before training when continuing from a checkpoint at `step`.
+    Without it, an existing metrics.csv belongs to an earlier run and is replaced.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume_step = 0
+
+    def resume_at(self, step: int) -> None:
+        self._resume_step = step
+        if self._experiment is not None:
+            self._experiment.resume_step = step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AtomicWriter(self.log_dir, self._resume_step)
+        return self._experiment

@@ -1,0 +1,60 @@
+"""metrics.csv: atomic rewrites, history kept on resume, an earlier run's rows replaced."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from attn_lightning.csv_logger import ResumableCSVLogger
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def logger_with(tmp_path: Path, steps: range, resume_step: int | None = None):
+    logger = ResumableCSVLogger(tmp_path, name="csv", version="")
+    if resume_step is not None:
+        logger.resume_at(resume_step)
+    for step in steps:
+        logger.log_metrics({"train/loss": float(step)}, step=step)
+    logger.save()
+    return logger
+
+
+def test_resume_keeps_rows_before_the_checkpoint_and_replaces_the_rest(tmp_path):
+    first = logger_with(tmp_path, range(0, 8))
+    first.log_metrics({"val/loss": 1.5}, step=3)  # a new column: the header grows
+    first.log_metrics({"val/loss": 1.2}, step=7)
+    first.save()
+    logger_with(tmp_path, range(5, 10), resume_step=5)
+    table = rows(tmp_path / "csv" / "metrics.csv")
+    assert [int(r["step"]) for r in table if r["train/loss"]] == list(range(10))
+    assert [r["val/loss"] for r in table if r.get("val/loss")] == ["1.5"]  # 7's is redone
+
+
+def test_a_fresh_run_replaces_an_earlier_runs_rows(tmp_path):
+    logger_with(tmp_path, range(0, 8))
+    logger_with(tmp_path, range(0, 3))
+    assert [r["step"] for r in rows(tmp_path / "csv" / "metrics.csv")] == ["0", "1", "2"]
+
+
+def test_a_kill_during_a_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    logger = logger_with(tmp_path, range(0, 4))
+    path = tmp_path / "csv" / "metrics.csv"
+    before = path.read_bytes()
+
+    def torn_write(self: Path, text: str, encoding: str | None = None) -> int:
+        with open(self, "w", encoding=encoding) as f:
+            f.write(text[: len(text) // 2])  # half a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", torn_write)
+    logger.log_metrics({"train/loss": 9.0}, step=4)
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.csv"]  # no partial file left
