@@ -5,28 +5,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from tiny_modules import tiny_lit_gpt
 from torch.utils.data import DataLoader
 
 from attn_lightning.analysis.flops import flops_per_token, known_peak_flops, mfu
 from attn_lightning.callbacks.throughput import TokenThroughput
 from attn_lightning.lit_module import LitGPT
 
-MODEL = {
-    "_target_": "attn_lightning.model.gpt.GPT",
-    "n_layer": 2,
-    "n_head": 2,
-    "n_embd": 32,
-    "block_size": 16,
-}
-ATTENTION = {"_target_": "attn_lightning.attention.vanilla.VanillaAttention", "_partial_": True}
-OPTIM = {
-    "lr": 1e-3,
-    "min_lr": 1e-4,
-    "warmup_steps": 1,
-    "decay_steps": 10,
-    "betas": [0.9, 0.99],
-    "weight_decay": 0.1,
-}
 TOKENIZER = {"_target_": "attn_lightning.data.char_tokenizer.CharTokenizer", "chars": "abcdefgh"}
 
 
@@ -53,7 +38,15 @@ def test_known_peaks(name: str, precision: str, peak: float | None) -> None:
 
 def run(peak_flops: float | None) -> tuple[dict[str, float], LitGPT]:
     torch.manual_seed(0)
-    module = LitGPT(MODEL, ATTENTION, OPTIM, TOKENIZER)
+    module = tiny_lit_gpt(
+        TOKENIZER,
+        n_layer=2,
+        n_embd=32,
+        block_size=16,
+        warmup_steps=1,
+        decay_steps=10,
+        weight_decay=0.1,
+    )
     batches = [(torch.randint(8, (4, 16)), torch.randint(8, (4, 16))) for _ in range(4)]
     trainer = L.Trainer(
         accelerator="cpu",

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from tiny_modules import tiny_lit_gpt
 
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.shakespeare import ShakespeareDataModule
@@ -85,28 +86,7 @@ def test_bpe_state_is_plain_data_that_rebuilds_the_tokenizer(bpe_dm, tmp_path: P
 
 def tiny_module(dm: ShakespeareDataModule) -> LitGPT:
     torch.manual_seed(0)
-    return LitGPT(
-        model={
-            "_target_": "attn_lightning.model.gpt.GPT",
-            "n_layer": 1,
-            "n_head": 2,
-            "n_embd": 16,
-            "block_size": 32,
-        },
-        attention={
-            "_target_": "attn_lightning.attention.vanilla.VanillaAttention",
-            "_partial_": True,
-        },
-        optim={
-            "lr": 1e-3,
-            "min_lr": 1e-4,
-            "warmup_steps": 0,
-            "decay_steps": 1,
-            "betas": [0.9, 0.99],
-            "weight_decay": 0.0,
-        },
-        tokenizer=dm.tokenizer.state_dict(),
-    )
+    return tiny_lit_gpt(dm.tokenizer.state_dict())
 
 
 def validate(module: LitGPT, dm: ShakespeareDataModule, tmp_path: Path) -> dict[str, float]:

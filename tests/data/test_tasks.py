@@ -147,8 +147,7 @@ def test_exact_match_is_one_for_an_oracle_and_zero_off_by_one(name: str):
 
 def test_lit_module_logs_exact_match_one_for_an_oracle(tmp_path):
     import lightning as L
-
-    from attn_lightning.lit_module import LitGPT
+    from tiny_modules import tiny_lit_gpt
 
     task = TASKS["addition"]
     dm = TaskDataModule(
@@ -162,28 +161,7 @@ def test_lit_module_logs_exact_match_one_for_an_oracle(tmp_path):
         eval_batch_size=16,
     )
     for off_by_one, expected in ((False, 1.0), (True, 0.0)):
-        module = LitGPT(
-            model={
-                "_target_": "attn_lightning.model.gpt.GPT",
-                "n_layer": 1,
-                "n_head": 1,
-                "n_embd": 8,
-                "block_size": 20,
-            },
-            attention={
-                "_target_": "attn_lightning.attention.vanilla.VanillaAttention",
-                "_partial_": True,
-            },
-            optim={
-                "lr": 1e-3,
-                "min_lr": 1e-4,
-                "warmup_steps": 0,
-                "decay_steps": 1,
-                "betas": [0.9, 0.99],
-                "weight_decay": 0.0,
-            },
-            tokenizer=dm.tokenizer.state_dict(),
-        )
+        module = tiny_lit_gpt(dm.tokenizer.state_dict(), n_head=1, n_embd=8, block_size=20)
         module.model = Oracle(task, off_by_one)
         trainer = L.Trainer(
             accelerator="cpu",
