@@ -1,8 +1,10 @@
-"""A tiny LitGPT for tests that need the Lightning module itself (not the CLI)."""
+"""A tiny LitGPT and a quiet CPU Trainer, for tests of the Lightning pieces (not the CLI)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import lightning as L
 
 from attn_lightning.lit_module import LitGPT
 
@@ -34,3 +36,14 @@ def tiny_lit_gpt(
         "weight_decay": 0.0,
     }
     return LitGPT(model, dict(VANILLA), {**defaults, **optim}, tokenizer)
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A CPU Trainer without logger, progress bar or model summary."""
+    options = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**options, **kwargs})

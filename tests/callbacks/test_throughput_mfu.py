@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from tiny_modules import tiny_lit_gpt
+from tiny_modules import quiet_trainer, tiny_lit_gpt
 from torch.utils.data import DataLoader
 
 from attn_lightning.analysis.flops import flops_per_token, known_peak_flops, mfu
@@ -48,13 +47,9 @@ def run(peak_flops: float | None) -> tuple[dict[str, float], LitGPT]:
         weight_decay=0.1,
     )
     batches = [(torch.randint(8, (4, 16)), torch.randint(8, (4, 16))) for _ in range(4)]
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=4,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=[TokenThroughput(every_n_steps=2, peak_flops=peak_flops)],
     )

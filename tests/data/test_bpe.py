@@ -6,12 +6,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from tiny_modules import tiny_lit_gpt
+from tiny_modules import quiet_trainer, tiny_lit_gpt
 
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.shakespeare import ShakespeareDataModule
@@ -90,13 +89,7 @@ def tiny_module(dm: ShakespeareDataModule) -> LitGPT:
 
 
 def validate(module: LitGPT, dm: ShakespeareDataModule, tmp_path: Path) -> dict[str, float]:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(default_root_dir=tmp_path)
     (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)
     return metrics
 

@@ -146,8 +146,7 @@ def test_exact_match_is_one_for_an_oracle_and_zero_off_by_one(name: str):
 
 
 def test_lit_module_logs_exact_match_one_for_an_oracle(tmp_path):
-    import lightning as L
-    from tiny_modules import tiny_lit_gpt
+    from tiny_modules import quiet_trainer, tiny_lit_gpt
 
     task = TASKS["addition"]
     dm = TaskDataModule(
@@ -163,13 +162,7 @@ def test_lit_module_logs_exact_match_one_for_an_oracle(tmp_path):
     for off_by_one, expected in ((False, 1.0), (True, 0.0)):
         module = tiny_lit_gpt(dm.tokenizer.state_dict(), n_head=1, n_embd=8, block_size=20)
         module.model = Oracle(task, off_by_one)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(default_root_dir=tmp_path)
         (val,) = trainer.validate(module, datamodule=dm, verbose=False)
         assert val["val/exact_match"] == expected
         assert (val["val/answer_token_acc"] == 1.0) == (not off_by_one)
