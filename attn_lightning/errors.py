@@ -1,14 +1,21 @@
 """Errors a user can fix. The entry points print their message (no traceback) and exit 2;
-any other exception is a bug and keeps its traceback."""
+any other exception is a bug and keeps its traceback.
+
+In a Hydra multirun, an exit would end the whole sweep at the first bad job (Hydra's job
+runner catches exceptions, not SystemExit): there the message is logged and the error raised,
+so Hydra records the job as failed, runs the remaining jobs, and reports the failure at the end.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
@@ -36,9 +43,19 @@ def find_user_error(error: BaseException) -> UserError | None:
     return None
 
 
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (`-m`)."""
+    # imported here: the pure analysis code imports this module and needs no Hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def exit_on_user_error(entry_point: Callable[..., T]) -> Callable[..., T]:
-    """Wrap an entry point: a UserError prints `error: <message>` and exits 2; anything else
-    propagates with its traceback."""
+    """Wrap an entry point: a UserError prints `error: <message>` and exits 2 (in a multirun:
+    logs it and raises it, failing this job only); anything else propagates with its
+    traceback."""
 
     @functools.wraps(entry_point)
     def wrapper(*args, **kwargs) -> T:
@@ -48,6 +65,9 @@ def exit_on_user_error(entry_point: Callable[..., T]) -> Callable[..., T]:
             user_error = find_user_error(error)
             if user_error is None:
                 raise
+            if in_multirun():
+                log.error("error: %s", user_error)
+                raise user_error from None
             print(f"error: {user_error}", file=sys.stderr)
             sys.exit(2)
 

@@ -1,8 +1,11 @@
 """report.md in the run dir at the end of fit (and again at the end of test): configuration,
-final metrics, loss curves, attention patterns, entropy and distance per head, a text sample."""
+final metrics, loss curves, attention patterns, entropy and distance per head, a text sample.
+The numbers a sweep comparison needs go into the run's summary.json as well (analysis/runs.py).
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,11 @@ import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
+from attn_lightning.analysis.masks import connectivity
 from attn_lightning.analysis.plots import attention_patterns, head_heatmap, loss_curves, save_png
 from attn_lightning.analysis.probe import probe
 from attn_lightning.analysis.report import render_report, write_text
+from attn_lightning.analysis.runs import update_summary
 from attn_lightning.analysis.stats import LOCAL_WINDOW, head_statistics
 from attn_lightning.callbacks.validation_probe import first_validation_inputs
 
@@ -61,6 +66,7 @@ class RunReport(L.Callback):
         self.curves: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/loss": []}
         self._probe: torch.Tensor | None = None
         self.metrics: dict[str, float] = {}  # last value of every metric, fit then test
+        self._mask: list[str] | None = None  # layer 0's (query, key) connectivity, '0'/'1' rows
 
     def _record(self, trainer: L.Trainer, name: str) -> None:
         value = trainer.callback_metrics.get(name)
@@ -122,6 +128,12 @@ class RunReport(L.Callback):
         save_png(loss_curves(curves), out / FIGURES["loss_curves"])
         figures.append(("Loss curves", FIGURES["loss_curves"]))
         stats = None
+        summary: dict[str, Any] = {
+            "params": pl_module.model.num_params(),
+            "step": trainer.global_step,
+            "attention": dict(pl_module.hparams["attention"]),
+            "metrics": dict(self.metrics),
+        }
         if self._probe is None:
             self._probe = first_validation_inputs(trainer, self.num_sequences)
         if self._probe is not None:
@@ -132,6 +144,11 @@ class RunReport(L.Callback):
             tokens = [pl_module.tokenizer.decode([i]) for i in shown.tolist()]
             T = len(tokens)
             grid = [a.applied[0, :, :T, :T].cpu() for a in layers]
+            pattern = torch.stack(grid).float().mean(dim=(0, 1))  # (T, T): layers and heads
+            summary["attention_pattern"] = [[round(v, 5) for v in row] for row in pattern.tolist()]
+            summary["attention_stats"] = {
+                name: [s[name].tolist() for s in stats] for name in ("entropy", "distance")
+            }
             title = f"Attention on the first {T} tokens of a validation window"
             save_png(attention_patterns(grid, tokens, title), out / FIGURES["patterns"])
             entropy = torch.stack([s["entropy"] for s in stats]).cpu()
@@ -161,8 +178,22 @@ class RunReport(L.Callback):
             notes=[f"Step {trainer.global_step}; attention figures and sample from {weights}."],
         )
         path = write_text(out / "report.md", report)
+        summary["attention_mask"] = self.mask(pl_module)
+        update_summary(out, summary)
         log.info("report written to %s", path)
         return path
+
+    def mask(self, pl_module: L.LightningModule) -> list[str]:
+        """Which (query, key) pairs layer 0 connects at T = max_tokens, as rows of '0'/'1'
+        (a CPU float32 copy: the trained layer, wherever and however it runs)."""
+        if self._mask is None:
+            model = pl_module.model
+            T = min(self.max_tokens or model.block_size, model.block_size)
+            with torch.inference_mode(False), torch.enable_grad():
+                attn = copy.deepcopy(model.blocks[0].attn).float().cpu()
+                mask = connectivity(attn, T, pl_module.hparams["model"]["n_embd"])
+            self._mask = ["".join("1" if c else "0" for c in row) for row in mask.tolist()]
+        return self._mask
 
     def sample(self, pl_module: L.LightningModule) -> str:
         tokenizer = pl_module.tokenizer

@@ -1,0 +1,163 @@
+"""The comparison table on synthetic runs: parameter reference, like-with-like flags, failed and
+incomplete runs, CSV and figures; and how saved run dirs are found and read."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from attn_lightning.analysis.comparison import (
+    CSV_COLUMNS,
+    comparison_rows,
+    differences,
+    render_csv,
+    render_markdown,
+    write_comparison,
+)
+from attn_lightning.analysis.runs import Run, load_runs, update_summary
+from attn_lightning.errors import UserError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+DATA = {"data.batch_size": 12, "data.block_size": 64, "seed": 1337, "trainer.max_steps": 100}
+
+
+def summary(target: str, params: int, val_loss: float, **comparable) -> dict:
+    return {
+        "status": "completed",
+        "params": params,
+        "step": 100,
+        "attention": {"_target_": f"attn_lightning.attention.x.{target}"},
+        "metrics": {"val/loss": val_loss, "train/loss": val_loss + 0.1},
+        "comparable": DATA | comparable,
+        "wall_time_s": 12.5,
+        "attention_stats": {"entropy": [[1.0, 2.0], [3.0, 4.0]], "distance": [[1.0, 1.0]] * 2},
+        "attention_pattern": [[1.0, 0.0], [0.5, 0.5]],
+        "attention_mask": ["10", "11"],
+    }
+
+
+def make_runs() -> list[Run]:
+    return [
+        Run("0", Path("0"), summary("VanillaAttention", 1000, 2.0), ["attention=vanilla"]),
+        Run("1", Path("1"), summary("GroupedQueryAttention", 900, 2.1), ["attention=gqa"]),
+        Run(
+            "2",
+            Path("2"),
+            summary("LinearAttention", 1000, 2.2, **{"data.batch_size": 24}),
+            ["attention=linear"],
+            series={"train/tokens_per_sec": [(9, 100.0), (19, 300.0), (29, 200.0)]},
+        ),
+        Run(
+            "3",
+            Path("3"),
+            {"status": "failed", "error": "ConfigError: bad", "comparable": DATA},
+            ["attention=performer"],
+        ),
+        Run("4", Path("4"), {}, ["attention=nystrom"]),
+    ]
+
+
+def test_rows_show_parameters_against_vanilla_and_how_each_run_ended():
+    rows = {row["job"]: row for row in comparison_rows(make_runs())}
+    assert rows["0"]["params_delta_pct"] == pytest.approx(0.0)
+    assert rows["1"]["params_delta_pct"] == pytest.approx(-10.0)
+    assert rows["2"]["val_loss"] == 2.2 and rows["2"]["train_loss"] == pytest.approx(2.3)
+    assert rows["2"]["tokens_per_sec_median"] == 200.0  # median of the logged series
+    assert rows["3"]["status"] == "failed" and rows["3"]["error"] == "ConfigError: bad"
+    assert rows["3"]["val_loss"] is None
+    assert rows["4"]["status"] == "incomplete" and "no summary.json" in rows["4"]["error"]
+
+
+def test_reference_is_the_largest_vanilla_run_else_the_largest():
+    runs = make_runs()[1:3]  # no vanilla: the largest (linear, 1000) is the reference
+    rows = {row["job"]: row for row in comparison_rows(runs)}
+    assert rows["2"]["params_delta_pct"] == pytest.approx(0.0)
+    assert rows["1"]["params_delta_pct"] == pytest.approx(-10.0)
+
+
+def test_runs_that_differ_from_the_majority_are_flagged():
+    runs = make_runs()
+    flags, differing = differences(runs)
+    assert flags["2"] == ["data.batch_size"]
+    assert all(not flags[label] for label in ("0", "1", "3", "4"))
+    assert set(differing) == {"data.batch_size"}
+    rows = comparison_rows(runs)
+    assert [r["differs_from_others"] for r in rows] == ["", "", "data.batch_size", "", ""]
+    text = render_markdown(runs, rows, ["sweep"])
+    assert "not like with like" in text and "⚠ differs: data.batch_size" in text
+
+
+def test_a_tie_flags_every_run_and_steps_trained_count():
+    a = Run("a", Path("a"), summary("VanillaAttention", 10, 1.0, seed=1), [])
+    b = Run("b", Path("b"), summary("VanillaAttention", 10, 1.0, seed=2), [])
+    b.summary["step"] = 50  # stopped early
+    flags, _ = differences([a, b])
+    assert flags == {"a": ["seed", "steps trained"], "b": ["seed", "steps trained"]}
+    same = [Run(x, Path(x), summary("VanillaAttention", 10, 1.0), []) for x in "ab"]
+    assert differences(same)[1] == {}
+    assert "Every run shares" in render_markdown(same, comparison_rows(same), ["s"])
+
+
+def test_csv_has_one_row_per_run_with_fixed_columns():
+    rows = comparison_rows(make_runs())
+    parsed = list(csv.DictReader(io.StringIO(render_csv(rows))))
+    assert list(parsed[0]) == CSV_COLUMNS
+    assert [r["job"] for r in parsed] == ["0", "1", "2", "3", "4"]
+    assert float(parsed[0]["val_loss"]) == 2.0 and parsed[3]["val_loss"] == ""
+
+
+def test_every_figure_is_written_even_without_data(tmp_path: Path):
+    for runs in (make_runs(), make_runs()[3:]):  # the second: no run has any figure data
+        written = write_comparison(runs, tmp_path, ["sweep"])
+        names = {p.name for p in written}
+        assert {"comparison.md", "comparison.csv", "attention_masks.png"} <= names
+        for path in written:
+            if path.suffix == ".png":
+                assert path.read_bytes()[:8] == PNG
+
+
+def write_run(run_dir: Path, overrides: list[str], summary: dict | None, csv_text: str = ""):
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if summary is not None:
+        update_summary(run_dir, summary)
+    if csv_text:
+        (run_dir / "csv").mkdir()
+        (run_dir / "csv" / "metrics.csv").write_text(csv_text)
+
+
+def test_load_runs_reads_saved_runs_in_job_order(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    csv_text = "epoch,step,train/loss,val/loss\n0,4,3.0,\n0,4,,2.5\n0,9,2.0,\n0,9,,1.5\n"
+    write_run(sweep / "10", ["attention=mqa"], {"status": "completed"}, csv_text)
+    write_run(sweep / "2", ["attention=gqa"], None)  # killed before anything was written
+    (sweep / "2" / "summary.json").write_text("{truncated")  # and a damaged summary
+    runs = load_runs([sweep])
+    assert [r.label for r in runs] == ["2", "10"]  # numeric order
+    assert runs[0].status == "incomplete" and runs[0].overrides == ["attention=gqa"]
+    assert runs[1].series["val/loss"] == [(4, 2.5), (9, 1.5)]
+    assert runs[1].final("val/loss") == 1.5  # the CSV's last value
+    other = tmp_path / "other"
+    write_run(other / "0", ["seed=2"], {"status": "completed"})
+    labels = [r.label for r in load_runs([sweep, other])]
+    assert labels == ["sweep/2", "sweep/10", "other/0"]
+
+
+def test_load_runs_refuses_missing_and_empty_dirs(tmp_path: Path):
+    with pytest.raises(UserError, match="not a directory"):
+        load_runs([tmp_path / "nope"])
+    with pytest.raises(UserError, match="holds no runs"):
+        load_runs([tmp_path])
+
+
+def test_update_summary_merges_top_level_keys(tmp_path: Path):
+    update_summary(tmp_path, {"status": "running", "params": 3})
+    update_summary(tmp_path, {"status": "completed"})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {
+        "status": "completed",
+        "params": 3,
+    }
