@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +87,8 @@ class SweepReport(Callback):
                 "wall_time_s": None,
                 "overrides": list(config.hydra.overrides.task),
                 "comparable": self.comparable(config),
+                # jobs that share a process share its peak-memory counters (see the report)
+                "process": f"{socket.gethostname()}:{os.getpid()}",
             },
         )
 

@@ -57,6 +57,7 @@ CSV_COLUMNS = [
     "tokens_per_sec_median",
     "peak_memory_mib",
     "peak_memory_kind",
+    "peak_memory_includes_earlier_jobs",
     "wall_time_s",
     "differs_from_others",
     "dir",
@@ -152,6 +153,23 @@ def peak_memory(run: Run) -> tuple[float | None, str]:
     return None, ""
 
 
+def after_others_in_process(runs: Sequence[Run]) -> set[str]:
+    """Runs that ran in the same process as an earlier run of their sweep (Hydra's basic
+    launcher runs every job in one process; pool launchers reuse workers). A process's peak
+    RSS (and CUDA peak, unless reset) then includes the earlier runs': an upper bound only."""
+    seen: set[tuple[Path, str]] = set()
+    shared = set()
+    for run in runs:
+        process = run.summary.get("process")
+        if not process:
+            continue
+        key = (run.path.parent.resolve(), str(process))
+        if key in seen:
+            shared.add(run.label)
+        seen.add(key)
+    return shared
+
+
 def status_and_error(run: Run) -> tuple[str, str]:
     """What the report says about how the run ended."""
     if not run.summary:
@@ -167,6 +185,7 @@ def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     reference = reference_run(runs)
     ref_params = params(reference) if reference is not None else None
     flags, _ = differences(runs)
+    shared_process = after_others_in_process(runs)
     rows = []
     for run in runs:
         status, error = status_and_error(run)
@@ -187,6 +206,9 @@ def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "tokens_per_sec_median": tokens_per_sec(run),
             "peak_memory_mib": memory,
             "peak_memory_kind": memory_kind,
+            "peak_memory_includes_earlier_jobs": (
+                run.label in shared_process if memory is not None else None
+            ),
             "wall_time_s": run.summary.get("wall_time_s") if status != "incomplete" else None,
             "differs_from_others": ";".join(flags[run.label]),
             "dir": str(run.path),
@@ -282,6 +304,13 @@ def render_markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]], sources
 
     lines += ["", "## Results", ""]
     lines += _results_table(rows, labels, flags)
+    if any(r["peak_memory_includes_earlier_jobs"] for r in rows):
+        lines += [
+            "",
+            "\\* Ran in the same process as an earlier job: the process's peak memory includes "
+            "the earlier jobs', so this is an upper bound, not the job's own peak. Compare "
+            "memory across separate runs (one process each).",
+        ]
     failed = [r for r in rows if r["status"] != "completed"]
     if failed:
         lines += ["", "Runs that did not complete:", ""]
@@ -323,6 +352,7 @@ def _results_table(
                 cell += "%"
             if key == "peak_memory_mib" and cell:
                 cell += f" ({row['peak_memory_kind']})"
+                cell += "*" if row["peak_memory_includes_earlier_jobs"] else ""
             cells.append(cell)
         table.append(cells)
     return markdown_table(header, table)

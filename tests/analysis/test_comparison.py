@@ -161,3 +161,13 @@ def test_update_summary_merges_top_level_keys(tmp_path: Path):
         "status": "completed",
         "params": 3,
     }
+
+
+def test_peak_memory_of_a_run_after_another_in_its_process_is_marked():
+    runs = make_runs()[:3]
+    for run, process in zip(runs, ("host:1", "host:1", "host:2"), strict=True):
+        run.summary["process"] = process
+        run.summary["metrics"]["memory/rss_peak_mib"] = 100.0
+    rows = comparison_rows(runs)
+    assert [r["peak_memory_includes_earlier_jobs"] for r in rows] == [False, True, False]
+    assert "upper bound" in render_markdown(runs, rows, ["sweep"])

@@ -1,0 +1,144 @@
+"""Sweep comparisons as a user gets them: the report a multirun leaves in its sweep dir, a
+failing job that fails alone, and `python -m attn_lightning.compare` rebuilding the report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_cli import REPO_ROOT, TINY, run_cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+FIGURES = [
+    "loss_curves.png",
+    "final_loss_bar.png",
+    "attention_patterns.png",
+    "attention_entropy.png",
+    "attention_distance.png",
+    "attention_masks.png",
+]
+
+
+def run_module(module: str, args: list[str], cwd: Path, data_dir: Path):
+    """Like test_cli.run_cli, without asserting success."""
+    env = dict(os.environ, ATTN_LIGHTNING_DATA_DIR=str(data_dir))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("LOCAL_RANK", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def logged(run_dir: Path) -> dict[str, list[float]]:
+    """Every metric's logged values, in order, from the run's own csv/metrics.csv."""
+    values: dict[str, list[float]] = {}
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            for name, cell in row.items():
+                if cell:
+                    values.setdefault(name, []).append(float(cell))
+    return values
+
+
+def rows(sweep: Path) -> dict[str, dict[str, str]]:
+    with open(sweep / "comparison.csv", newline="") as f:
+        return {row["job"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def sweep(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cwd, sweep dir relative to it) of a 2-job TINY sweep over attention variants."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    run_cli("attn_lightning", ["-m", *TINY, "attention=vanilla,linear"], cwd, data_dir)
+    (sweep_dir,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return cwd, sweep_dir.relative_to(cwd)
+
+
+def test_sweep_dir_gets_a_row_per_job_matching_each_jobs_own_log(sweep):
+    cwd, sweep_dir = sweep
+    table = rows(cwd / sweep_dir)
+    assert sorted(table) == ["0", "1"]
+    for job, option, target in (("0", "vanilla", "Vanilla"), ("1", "linear", "Linear")):
+        row, log = table[job], logged(cwd / sweep_dir / job)
+        assert row["status"] == "completed" and row["error"] == ""
+        assert row["attention"] == f"{target}Attention"
+        assert row["overrides"].endswith(f"attention={option}")
+        for column, metric in (
+            ("train_loss", "train/loss"),
+            ("val_loss", "val/loss"),
+            ("val_ppl", "val/ppl"),
+            ("test_loss", "test/loss"),
+            ("peak_memory_mib", "memory/rss_peak_mib"),
+        ):
+            assert float(row[column]) == pytest.approx(log[metric][-1], rel=1e-9), column
+        median = statistics.median(log["train/tokens_per_sec"])
+        assert float(row["tokens_per_sec_median"]) == pytest.approx(median, rel=1e-9)
+        assert int(row["steps"]) == 12 and float(row["wall_time_s"]) > 0
+        assert int(row["params"]) > 0 and row["differs_from_others"] == ""
+    # same model config, and neither variant has parameters of its own
+    assert table["0"]["params"] == table["1"]["params"]
+    assert float(table["1"]["params_delta_pct"]) == 0.0
+    # one process (Hydra's basic launcher): job 1's peak RSS includes job 0's
+    assert [table[j]["peak_memory_includes_earlier_jobs"] for j in "01"] == ["False", "True"]
+    text = (cwd / sweep_dir / "comparison.md").read_text()
+    assert "0 attention=vanilla" in text and "1 attention=linear" in text
+    assert "Every run shares" in text and "not like with like" not in text
+
+
+def test_sweep_dir_gets_every_figure(sweep):
+    cwd, sweep_dir = sweep
+    for name in FIGURES:
+        assert (cwd / sweep_dir / name).read_bytes()[:8] == PNG, name
+
+
+def test_compare_cli_rebuilds_the_same_table(sweep, data_dir: Path):
+    cwd, sweep_dir = sweep
+    table = cwd / sweep_dir / "comparison.csv"
+    before = table.read_text()
+    table.unlink()
+    (cwd / sweep_dir / "attention_masks.png").unlink()
+    run_cli("attn_lightning.compare", [str(sweep_dir)], cwd, data_dir)
+    assert table.read_text() == before
+    assert (cwd / sweep_dir / "attention_masks.png").read_bytes()[:8] == PNG
+
+
+def test_a_failing_job_fails_alone_and_is_reported(data_dir: Path, tmp_path: Path):
+    # the failing job comes first: the sweep must go on to the next one
+    args = ["-m", *TINY, "test=false", "model.n_head=3,2"]  # n_embd=32 is not divisible by 3
+    proc = run_module("attn_lightning", args, tmp_path, data_dir)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # Hydra: a job of the sweep failed
+    assert "error: model.n_embd=32 is not divisible by model.n_head=3" in proc.stdout + proc.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    table = rows(sweep_dir)
+    failed, completed = table["0"], table["1"]
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("ConfigError: model.n_embd=32 is not divisible")
+    assert failed["val_loss"] == "" and failed["params"] == ""
+    assert completed["status"] == "completed" and completed["error"] == ""
+    assert float(completed["val_loss"]) == pytest.approx(logged(sweep_dir / "1")["val/loss"][-1])
+    assert int(completed["params"]) > 0 and completed["test_loss"] == ""
+    text = (sweep_dir / "comparison.md").read_text()
+    assert "1 completed, 1 failed" in text and "ConfigError" in text
+    for name in FIGURES:
+        assert (sweep_dir / name).read_bytes()[:8] == PNG, name
+
+
+def test_compare_cli_refuses_bad_input_with_a_message(data_dir: Path, tmp_path: Path):
+    for args, message in (
+        ([str(tmp_path / "missing")], "is not a directory"),
+        ([str(tmp_path)], "holds no runs"),
+    ):
+        proc = run_module("attn_lightning.compare", args, tmp_path, data_dir)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("error: ") and message in proc.stderr
+        assert "Traceback" not in proc.stderr
