@@ -276,7 +276,7 @@ def render_markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]], sources
     else:
         keys = sorted({k for r in runs for k in comparable(r)})
         if keys:
-            lines += [f"Every run shares: {', '.join(f'`{k}`' for k in keys)}."]
+            lines += [f"Every run shares: {', '.join(_grouped(keys))}."]
         else:
             lines += ["No run recorded its data, steps and seed: nothing could be checked."]
 
@@ -320,6 +320,21 @@ def render_markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]], sources
     for name, caption in FIGURES.items():
         lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
     return "\n".join(lines) + "\n"
+
+
+def _grouped(keys: Sequence[str]) -> list[str]:
+    """`data.*` (10 settings) for a group of keys, the others by name."""
+    heads = Counter(k.split(".")[0] for k in keys if "." in k)
+    shown: list[str] = []
+    for key in keys:
+        head = key.split(".")[0]
+        if "." in key and heads[head] > 2:
+            group = f"`{head}.*` ({heads[head]} settings)"
+            if group not in shown:
+                shown.append(group)
+        else:
+            shown.append(f"`{key}`")
+    return shown
 
 
 def _results_table(
