@@ -176,7 +176,11 @@ def status_and_error(run: Run) -> tuple[str, str]:
         return "incomplete", "no summary.json: killed before it started, or not an attn run"
     status = run.status
     if status == "running":
-        return "incomplete", "started but never ended: killed, crashed hard, or still running"
+        return (
+            "incomplete",
+            "started, no end recorded: killed, still running, "
+            "or a single run that exited on an error",
+        )
     return status, str(run.summary.get("error") or "")
 
 
