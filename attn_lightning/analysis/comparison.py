@@ -155,13 +155,17 @@ def peak_memory(run: Run) -> tuple[float | None, str]:
 
 def after_others_in_process(runs: Sequence[Run]) -> set[str]:
     """Runs that ran in the same process as an earlier run of their sweep (Hydra's basic
-    launcher runs every job in one process; pool launchers reuse workers). A process's peak
-    RSS (and CUDA peak, unless reset) then includes the earlier runs': an upper bound only."""
+    launcher runs every job in one process; pool launchers reuse workers) on a platform where
+    the memory monitor could not reset the process's peak (`peak_memory_scope: process`): their
+    peak includes the earlier runs', an upper bound only."""
     seen: set[tuple[Path, str]] = set()
     shared = set()
     for run in runs:
         process = run.summary.get("process")
         if not process:
+            continue
+        if run.summary.get("peak_memory_scope") == "run":
+            seen.add((run.path.parent.resolve(), str(process)))
             continue
         key = (run.path.parent.resolve(), str(process))
         if key in seen:
