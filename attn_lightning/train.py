@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -33,6 +34,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
 
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items()}
+
+
 def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
     """`ckpt_path`, or with `resume=auto` this run dir's last.ckpt when there is one, and the
     step it continues from. The file is checked now, so a bad checkpoint fails before any
@@ -48,7 +53,8 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test) one run; returns the final logged metrics."""
+    """Fit (and test) one run; returns the final metrics of both (val/loss is the objective of
+    hyperparameter sweepers)."""
     print_config(cfg)
     check_config(cfg)
     ckpt_path, resume_step = checkpoint_to_resume(cfg)
@@ -67,11 +73,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.resume_at(resume_step)  # keep the rows logged before the checkpoint
     with ddp_job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = scalars(trainer.callback_metrics)  # trainer.test() starts them afresh
         if cfg.test:
             checkpoint = trainer.checkpoint_callback
             best = "best" if checkpoint is not None and checkpoint.best_model_path else None
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
-    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+    return metrics | scalars(trainer.callback_metrics)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,16 @@ def test_hparams_tab_pairs_hyperparameters_with_final_metrics(data_dir: Path, tm
     assert len(acc.Scalars("val/loss")) == 2 and len(acc.Scalars("test/loss")) == 1
 
 
+def test_parallel_launcher_refuses_ddp_jobs_with_a_message(cli_env, tmp_path: Path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    args = ["-m", "hydra/launcher=parallel", *TINY, "trainer=ddp_cpu"]
+    command = [sys.executable, "-m", "attn_lightning", *args]
+    proc = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "DDP jobs cannot run under hydra/launcher=parallel" in proc.stdout + proc.stderr
+    assert not list((tmp_path / "outputs").rglob("*.ckpt"))  # refused before any training
+
+
 def test_parallel_launcher_runs_jobs_in_parallel_processes(data_dir: Path, tmp_path: Path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     args = ["-m", "hydra/launcher=parallel", "attention=vanilla,linear", *TINY, "test=false"]
@@ -98,7 +110,11 @@ def test_slurm_launcher_takes_nodes_and_tasks_from_the_trainer(data_dir: Path, t
 
 def test_optuna_search_runs_trials_and_reports_the_best(data_dir: Path, tmp_path: Path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    args = ["hparams_search=optuna_performer", "hydra.sweeper.n_trials=2", *TINY, "test=false"]
+    args = [
+        "hparams_search=optuna_performer",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+    ]  # test on: main must still return val/loss
     run_cli("attn_lightning", ["-m", *args], tmp_path, data_dir)
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
