@@ -21,12 +21,9 @@ from contextlib import contextmanager
 
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import open_dict, read_write
 
-
-def _in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+from attn_lightning.errors import in_multirun
 
 
 def _pin_children_to_job() -> None:
@@ -45,7 +42,7 @@ def _pin_children_to_job() -> None:
 @contextmanager
 def ddp_job_scope() -> Iterator[None]:
     """Wrap one job's fit/test. A no-op outside a Hydra multirun."""
-    if not _in_multirun():
+    if not in_multirun():
         yield
         return
     argv, environ = list(sys.argv), dict(os.environ)

@@ -8,6 +8,7 @@ constructors, which raise ConfigError too.
 from __future__ import annotations
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from attn_lightning.errors import ConfigError
@@ -42,6 +43,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.resume not in (None, "auto"):
         raise ConfigError(f"resume must be null or auto, got {cfg.resume!r}")
     _check_devices(trainer)
+    _check_launcher(trainer)
 
 
 def _check_devices(trainer: DictConfig) -> None:
@@ -55,4 +57,18 @@ def _check_devices(trainer: DictConfig) -> None:
             f"this trainer asks for {wanted or 'some'} GPU(s) but {found} CUDA GPU(s) were found: "
             "use trainer=ddp_cpu (2 CPU processes) or trainer=cpu, or set "
             f"trainer.devices={max(found, 1)}"
+        )
+
+
+def _check_launcher(trainer: DictConfig) -> None:
+    """Lightning starts DDP ranks by re-running the command line; in a joblib worker that is
+    the worker's own, so the ranks would never start."""
+    if not HydraConfig.initialized() or trainer.get("devices", 1) in (1, "1"):
+        return
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if "joblib" in launcher.lower() and "ddp" in str(trainer.get("strategy", "")).lower():
+        raise ConfigError(
+            "DDP jobs cannot run under hydra/launcher=parallel (joblib workers cannot start "
+            "DDP ranks): drop hydra/launcher=parallel to run the jobs one after another, or "
+            "use hydra/launcher=slurm"
         )
