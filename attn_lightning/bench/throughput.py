@@ -1,12 +1,19 @@
 """Lightning's training loop against a plain PyTorch loop: same model, same batches.
 
-    python -m attn_lightning.bench throughput [--steps N] [--warmup N] [--repeats N] [overrides]
+    python -m attn_lightning.bench throughput [--steps N] [--block N] [--warmup-blocks N]
+        [overrides]
 
 Overrides are Hydra overrides of the training config (default: the CPU preset). Both loops
 start from the same initial weights and see the same batches, so their final losses must be
 identical on CPU: the benchmark checks that before it prints the ratio. Lightning runs with the
 configured callbacks and loggers, as a user's run does; validation and the periodic
 checkpoint writes (file I/O, ~1-3% at the default interval) are left out of both.
+
+The loops alternate in blocks of `--block` steps inside one process (the plain loop runs from
+a callback between the Trainer's blocks), so both are timed in the same seconds: on a shared
+machine the speed drifts by tens of percent from one minute to the next, which back-to-back
+whole runs cannot separate from the loops' difference. Interleaving needs a model without
+dropout (the default presets), since both loops would draw from the one global RNG.
 """
 
 from __future__ import annotations
@@ -21,29 +28,13 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from torch import Tensor
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.step_batches import step_loader
 from attn_lightning.data.windows import RandomWindowBatches
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.train import build_trainer, plain
-
-
-class StepClock(L.Callback):
-    """Wall time from the end of warm-up step `warmup` to the end of the last step."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.start = self.end = 0.0
-        self.last_loss = float("nan")
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, *_: Any):
-        if trainer.global_step in (self.warmup, trainer.max_steps):
-            _sync(pl_module.device)  # only at the two timestamps that count
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
-        self.end = time.perf_counter()
-        self.last_loss = float(outputs["loss"])
 
 
 def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:
@@ -59,49 +50,77 @@ def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:
     return module, batches
 
 
-def run_lightning(cfg: Any, warmup: int) -> tuple[float, float]:
-    """(seconds for the timed steps, final loss) with the Lightning Trainer."""
-    module, batches = build(cfg)
-    clock = StepClock(warmup)
-    trainer = build_trainer(cfg)
-    trainer.callbacks.append(clock)
-    trainer.fit(module, train_dataloaders=step_loader(batches))
-    return clock.end - clock.start, clock.last_loss
+class PlainLoop:
+    """A hand-written loop doing the same optimisation as the Trainer: AdamW + schedule from
+    the module, gradient clipping from the trainer config, the trainer's device and bf16
+    autocast when its precision asks for it."""
 
+    def __init__(self, cfg: Any) -> None:
+        module, batches = build(cfg)
+        use_cuda = cfg.trainer.accelerator in ("gpu", "cuda") or (
+            cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
+        )
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.model = module.model.to(self.device).train()
+        config = module.configure_optimizers()
+        self.optimizer = config["optimizer"]
+        self.scheduler = config["lr_scheduler"]["scheduler"]
+        # the parameters in Lightning's order, for an identical clipping sum
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.clip = cfg.trainer.gradient_clip_val
+        self.autocast = torch.autocast(
+            self.device.type, torch.bfloat16, enabled="bf16" in str(cfg.trainer.precision)
+        )
+        self.batches = iter(step_loader(batches))
 
-def run_plain(cfg: Any, warmup: int) -> tuple[float, float]:
-    """(seconds for the timed steps, final loss) with a hand-written loop doing the same
-    optimisation: AdamW + schedule from the module, gradient clipping from the trainer config,
-    the trainer's device and bf16 autocast when its precision asks for it."""
-    module, batches = build(cfg)
-    use_cuda = cfg.trainer.accelerator in ("gpu", "cuda") or (
-        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
-    )
-    device = torch.device("cuda" if use_cuda else "cpu")
-    model = module.model.to(device).train()
-    config = module.configure_optimizers()
-    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
-    params = [p for group in optimizer.param_groups for p in group["params"]]  # Lightning's order
-    clip = cfg.trainer.gradient_clip_val
-    autocast = torch.autocast(
-        device.type, torch.bfloat16, enabled="bf16" in str(cfg.trainer.precision)
-    )
-    start = 0.0
-    for step, (x, y) in enumerate(step_loader(batches), start=1):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast:
-            loss = model(x, y).loss
-        optimizer.zero_grad(set_to_none=True)
+    def step(self) -> Tensor:
+        x, y = next(self.batches)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self.autocast:
+            loss = self.model(x, y).loss
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-        scheduler.step()
-        if step == warmup:
-            _sync(device)
-            start = time.perf_counter()
-    _sync(device)
-    return time.perf_counter() - start, float(loss)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+
+class Interleaved(L.Callback):
+    """Runs the plain loop in blocks between blocks of the Trainer's steps, so both loops are
+    timed in the same seconds of a shared, drifting machine. A Lightning block is the wall time
+    from the end of the previous plain block to the end of its own last step: everything the
+    Trainer does per step (data, hooks, logging) is in it, the plain blocks are not."""
+
+    def __init__(self, plain: PlainLoop, block: int, warmup_blocks: int) -> None:
+        self.plain = plain
+        self.block = block
+        self.warmup_blocks = warmup_blocks
+        self.times: dict[str, list[float]] = {"lightning": [], "plain": []}
+        self.last_loss = {"lightning": float("nan"), "plain": float("nan")}
+        self.mark = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, *_: Any):
+        if trainer.global_step % self.block:
+            return
+        _sync(pl_module.device)
+        timed = trainer.global_step // self.block > self.warmup_blocks
+        self._record("lightning", time.perf_counter() - self.mark, timed, outputs["loss"])
+        start = time.perf_counter()
+        for _ in range(self.block):
+            loss = self.plain.step()
+        _sync(self.plain.device)
+        self._record("plain", time.perf_counter() - start, timed, loss)
+        self.mark = time.perf_counter()
+
+    def _record(self, loop: str, seconds: float, timed: bool, loss: Tensor) -> None:
+        if timed:
+            self.times[loop].append(seconds)
+        self.last_loss[loop] = float(loss)
 
 
 def _sync(device: torch.device) -> None:
@@ -109,8 +128,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(overrides: list[str], steps: int, warmup: int, repeats: int) -> dict[str, dict]:
-    """Per loop: median tokens/s over `repeats` runs and the set of final losses seen."""
+def measure(overrides: list[str], steps: int, block: int, warmup_blocks: int) -> dict[str, Any]:
+    """Per loop: tokens/s over the timed blocks and the final loss; and the Lightning/plain
+    tokens/s ratio of each pair of adjacent blocks."""
+    if steps % block or not 0 <= warmup_blocks < steps // block:
+        raise ValueError("need steps a multiple of block, and fewer warm-up blocks than blocks")
     with (
         tempfile.TemporaryDirectory() as out,
         initialize_config_dir(CONFIG_DIR, version_base="1.3"),
@@ -127,50 +149,61 @@ def measure(overrides: list[str], steps: int, warmup: int, repeats: int) -> dict
                 *overrides,
             ],
         )
-        tokens = (steps - warmup) * cfg.data.batch_size * cfg.model.block_size
-        runs: dict[str, list[tuple[float, float]]] = {"plain": [], "lightning": []}
-        loops = {"plain": run_plain, "lightning": run_lightning}
-        for repeat in range(repeats):  # pairs in alternating order (ABBA): drift hits both
-            order = ("plain", "lightning") if repeat % 2 == 0 else ("lightning", "plain")
-            for name in order:
-                runs[name].append(loops[name](cfg, warmup))
-    ratios = [p / lit for (p, _), (lit, _) in zip(runs["plain"], runs["lightning"], strict=True)]
+        interleaved = Interleaved(PlainLoop(cfg), block, warmup_blocks)
+        module, batches = build(cfg)
+        trainer = build_trainer(cfg)
+        trainer.callbacks.append(interleaved)
+        trainer.fit(module, train_dataloaders=step_loader(batches))
+    tokens = block * cfg.data.batch_size * cfg.model.block_size  # per block
+    times = interleaved.times
     return {
-        "pair_ratios": sorted(ratios),  # lightning/plain tokens/s of each back-to-back pair
+        "pair_ratios": sorted(
+            p / lit for p, lit in zip(times["plain"], times["lightning"], strict=True)
+        ),
         **{
-            name: {
-                "tokens_per_sec": tokens / statistics.median(t for t, _ in results),
-                "ms_per_step": 1000 * statistics.median(t for t, _ in results) / (steps - warmup),
-                "final_losses": {loss for _, loss in results},
+            loop: {
+                "tokens_per_sec": tokens * len(t) / sum(t),
+                "ms_per_step": 1000 * sum(t) / (block * len(t)),
+                "final_loss": interleaved.last_loss[loop],
             }
-            for name, results in runs.items()
+            for loop, t in times.items()
         },
     }
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m attn_lightning.bench throughput")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=30, help="untimed steps at the start")
-    parser.add_argument("--repeats", type=int, default=6, help="pairs of runs (median ratio)")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per loop")
+    parser.add_argument("--block", type=int, default=20, help="steps per alternating block")
+    parser.add_argument("--warmup-blocks", type=int, default=2, help="untimed blocks per loop")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer=gpu")
     args = parser.parse_args(argv)
-    if not 0 < args.warmup < args.steps:
-        parser.error("need 0 < --warmup < --steps")
-    result = measure(args.overrides, args.steps, args.warmup, args.repeats)
-    print(f"\nthroughput: {args.steps} steps ({args.warmup} untimed), median of {args.repeats}")
+    if (
+        args.block <= 0
+        or args.steps % args.block
+        or not 0 <= args.warmup_blocks < (args.steps // args.block)
+    ):
+        parser.error("need --steps a multiple of --block, and --warmup-blocks < steps/block")
+    result = measure(args.overrides, args.steps, args.block, args.warmup_blocks)
+    ratios = result["pair_ratios"]
+    print(
+        f"\nthroughput: {args.steps} steps per loop in alternating blocks of {args.block} "
+        f"({args.warmup_blocks} untimed blocks each)"
+    )
     print("| loop | tokens/s | ms/step | final train loss |")
     print("| --- | ---: | ---: | ---: |")
     for name in ("plain", "lightning"):
         r = result[name]
-        losses = ", ".join(f"{loss:.6f}" for loss in sorted(r["final_losses"]))
-        print(f"| {name} | {r['tokens_per_sec']:,.0f} | {r['ms_per_step']:.2f} | {losses} |")
-    ratios = result["pair_ratios"]
-    same = result["plain"]["final_losses"] == result["lightning"]["final_losses"]
+        cells = f"{r['tokens_per_sec']:,.0f} | {r['ms_per_step']:.2f} | {r['final_loss']:.6f}"
+        print(f"| {name} | {cells} |")
+    overall = result["lightning"]["tokens_per_sec"] / result["plain"]["tokens_per_sec"]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     print(
-        f"lightning/plain = {statistics.median(ratios):.3f} (median of {len(ratios)} "
-        f"back-to-back pairs; range {ratios[0]:.3f}..{ratios[-1]:.3f})"
+        f"lightning/plain = {overall:.3f} over all timed blocks; per adjacent block pair: "
+        f"median {statistics.median(ratios):.3f}, quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f}"
+        f" ({len(ratios)} pairs)"
     )
+    same = result["plain"]["final_loss"] == result["lightning"]["final_loss"]
     print(
         f"identical losses (same model, same batches): {'yes' if same else 'no'}"
         " (must be yes on CPU; GPU kernels may differ in the last digits)"
