@@ -29,11 +29,12 @@ TINY = [
 ]
 
 
-def run_cli(module: str, args: list[str], cwd: Path, data_dir: Path) -> subprocess.CompletedProcess:
+def run_module(module: str, args: list[str], cwd: Path, data_dir: Path):
+    """`python -m module args` as a user runs it, with the project's data dir."""
     env = dict(os.environ, ATTN_LIGHTNING_DATA_DIR=str(data_dir))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
@@ -41,6 +42,11 @@ def run_cli(module: str, args: list[str], cwd: Path, data_dir: Path) -> subproce
         text=True,
         timeout=600,
     )
+
+
+def run_cli(module: str, args: list[str], cwd: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    """run_module, which must succeed."""
+    proc = run_module(module, args, cwd, data_dir)
     assert proc.returncode == 0, (
         f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_cli import REPO_ROOT, TINY, run_cli
+from test_cli import TINY, run_cli, run_module
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = [
@@ -23,21 +21,6 @@ FIGURES = [
     "attention_distance.png",
     "attention_masks.png",
 ]
-
-
-def run_module(module: str, args: list[str], cwd: Path, data_dir: Path):
-    """Like test_cli.run_cli, without asserting success."""
-    env = dict(os.environ, ATTN_LIGHTNING_DATA_DIR=str(data_dir))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("LOCAL_RANK", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def logged(run_dir: Path) -> dict[str, list[float]]:

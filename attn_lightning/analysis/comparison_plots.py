@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from attn_lightning.analysis.plots import mask_grid, new_figure
+from attn_lightning.analysis.plots import annotate_cells, mask_grid, new_figure
 
 
 def _note(title: str, text: str) -> Figure:
@@ -154,18 +154,7 @@ def layer_heatmap(
     if high - low < 2 * pad:  # near-constant (untrained runs): a readable scale around it
         low, high = low - pad, high + pad
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto", vmin=low, vmax=high)
-    for (i, j), value in np.ndenumerate(data):
-        if not np.isnan(value):
-            ax.text(
-                j,
-                i,
-                f"{value:.3g}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white",
-                bbox={"facecolor": "black", "alpha": 0.35, "pad": 1, "linewidth": 0},
-            )
+    annotate_cells(ax, data, fontsize=7)
     ax.set_xticks(range(n_layer), [f"layer {layer}" for layer in range(n_layer)], fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_title(title, fontsize=10)

@@ -118,6 +118,22 @@ def attention_patterns(
     return fig
 
 
+def annotate_cells(ax, data: np.ndarray, fontsize: int) -> None:
+    """Write each finite value of a heatmap on its cell, readable on any colour."""
+    for (i, j), value in np.ndenumerate(data):
+        if np.isfinite(value):
+            ax.text(
+                j,
+                i,
+                f"{value:.3g}",
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white",
+                bbox={"facecolor": "black", "alpha": 0.35, "pad": 1, "linewidth": 0},
+            )
+
+
 def head_heatmap(
     values: Tensor, title: str, label: str, cmap: str = "magma", center: bool = False
 ) -> Figure:
@@ -133,17 +149,7 @@ def head_heatmap(
     elif high - low < 1e-3 * max(abs(high), 1.0):  # near-constant: a readable scale around it
         low, high = low - 0.5e-3 * max(abs(low), 1.0), high + 0.5e-3 * max(abs(high), 1.0)
     image = ax.imshow(data, cmap=cmap, aspect="auto", vmin=low, vmax=high)
-    for (i, j), value in np.ndenumerate(data):
-        ax.text(
-            j,
-            i,
-            f"{value:.3g}",
-            ha="center",
-            va="center",
-            fontsize=8,
-            color="white",
-            bbox={"facecolor": "black", "alpha": 0.35, "pad": 1, "linewidth": 0},
-        )
+    annotate_cells(ax, data, fontsize=8)
     ax.set_xticks(range(H), [f"head {h}" for h in range(H)], fontsize=8)
     ax.set_yticks(range(L), [f"layer {layer}" for layer in range(L)], fontsize=8)
     ax.set_title(title, fontsize=10)
