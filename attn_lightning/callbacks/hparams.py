@@ -23,29 +23,23 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from attn_lightning.analysis.report import flatten
 from attn_lightning.lit_module import METRICS
 
 Scalar = bool | int | float | str
 ANSWER_METRICS = ("answer_token_acc", "exact_match")  # synthetic tasks only
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
+def scalar_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`: the scalar leaves of a config, lists as text.
 
     Hydra's `_target_`/`_partial_` say how to build, not what was trained, and None (a
     default chosen in code) has no value to plot: both are left out."""
-    flat: dict[str, Scalar] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if key in ("_target_", "_partial_") or value is None:
-            continue
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, bool | int | float | str):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+    return {
+        name: value if isinstance(value, bool | int | float | str) else str(value)
+        for name, value in flatten(tree, prefix).items()
+        if value is not None and name.rsplit(".", 1)[-1] not in ("_target_", "_partial_")
+    }
 
 
 def metric_tags(pl_module: L.LightningModule, test: bool) -> list[str]:
@@ -104,12 +98,12 @@ class HParamsSummary(L.Callback):
 
     def hyperparameters(self, pl_module: L.LightningModule) -> dict[str, Scalar]:
         module_hparams = pl_module.hparams
-        flat = flatten(self.extra)
+        flat = scalar_leaves(self.extra)
         attention = module_hparams.get("attention", {}).get("_target_")
         if attention and "attention" not in flat:
             flat["attention"] = attention.rsplit(".", 1)[-1]
         for group in ("model", "attention", "optim"):
-            flat.update(flatten(module_hparams.get(group, {}), f"{group}."))
+            flat.update(scalar_leaves(module_hparams.get(group, {}), f"{group}."))
         tokenizer = module_hparams.get("tokenizer", {}).get("_target_")
         if tokenizer:
             flat["tokenizer"] = tokenizer.rsplit(".", 1)[-1]
