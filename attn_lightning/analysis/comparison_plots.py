@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from attn_lightning.analysis.plots import annotate_cells, mask_grid, new_figure
+from attn_lightning.analysis.plots import annotate_cells, loss_curves, mask_grid, new_figure
 
 
 def _note(title: str, text: str) -> Figure:
@@ -38,17 +38,10 @@ def val_loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]]) -> Figure
     title = "Validation loss"
     if not any(curves.values()):
         return _note(title, "No run logged val/loss (csv/metrics.csv).")
-    fig = new_figure(8.0, 4.8)
-    ax = fig.subplots()
-    for label, points in curves.items():
-        if points:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=label, marker="o" if len(steps) <= 30 else None, ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("val/loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    series = {
+        label: tuple(zip(*points, strict=True)) or ((), ()) for label, points in curves.items()
+    }
+    fig = loss_curves(series, title, "val/loss (nats/token)")
     missing = _missing(curves)
     if missing:
         fig.supxlabel(missing, fontsize=7)

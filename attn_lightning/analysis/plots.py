@@ -181,7 +181,11 @@ def ablation_figure(head_increase: Tensor, layer_increase: Tensor, base_loss: fl
     return fig
 
 
-def loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+def loss_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str = "Loss curves",
+    ylabel: str = "loss (nats/token)",
+) -> Figure:
     """Loss against optimizer step, one line per named curve (e.g. train/loss, val/loss)."""
     fig = new_figure(7.0, 4.2)
     ax = fig.subplots()
@@ -190,10 +194,10 @@ def loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -
             marker = "o" if len(steps) <= 30 else None
             ax.plot(steps, values, label=name, marker=marker, markersize=3)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title("Loss curves")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7 if len(curves) > 4 else None)
     return fig
 
 
