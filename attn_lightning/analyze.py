@@ -34,8 +34,9 @@ from attn_lightning.analysis.plots import (
     save_png,
 )
 from attn_lightning.analysis.probe import probe
-from attn_lightning.analysis.report import markdown_table, stats_table, write_text
+from attn_lightning.analysis.report import markdown_table, stats_table
 from attn_lightning.analysis.stats import head_statistics
+from attn_lightning.atomic import write_text
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import LitGPT, load_checkpoint

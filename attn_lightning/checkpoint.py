@@ -12,9 +12,7 @@ are checked too, since instantiating them calls code: only `attn_lightning.*` is
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,25 +20,16 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from attn_lightning.atomic import atomic_write
 from attn_lightning.errors import CheckpointError
 
 TRUSTED_TARGET_PREFIX = "attn_lightning."
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save `obj` to `path` through a temp file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save `obj` to `path` atomically (attn_lightning/atomic.py)."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -19,7 +19,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from attn_lightning.analysis.report import write_text
+from attn_lightning.atomic import write_text
 
 
 class _AtomicWriter(ExperimentWriter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -47,12 +48,10 @@ def test_a_kill_during_a_write_leaves_the_previous_file_intact(tmp_path, monkeyp
     path = tmp_path / "csv" / "metrics.csv"
     before = path.read_bytes()
 
-    def torn_write(self: Path, text: str, encoding: str | None = None) -> int:
-        with open(self, "w", encoding=encoding) as f:
-            f.write(text[: len(text) // 2])  # half a file, then the process "dies"
-        raise KeyboardInterrupt
+    def dies_before_the_rename(fd: int) -> None:
+        raise KeyboardInterrupt  # the new rows are in the temp file, not yet renamed
 
-    monkeypatch.setattr(Path, "write_text", torn_write)
+    monkeypatch.setattr(os, "fsync", dies_before_the_rename)
     logger.log_metrics({"train/loss": 9.0}, step=4)
     with pytest.raises(KeyboardInterrupt):
         logger.save()

@@ -31,8 +31,9 @@ from attn_lightning.analysis.comparison_plots import (
     val_loss_curves,
 )
 from attn_lightning.analysis.plots import save_png
-from attn_lightning.analysis.report import flatten, markdown_table, write_text
+from attn_lightning.analysis.report import flatten, markdown_table
 from attn_lightning.analysis.runs import Run, load_runs
+from attn_lightning.atomic import write_text
 
 VANILLA = "VanillaAttention"
 STEPS_TRAINED = "steps trained"

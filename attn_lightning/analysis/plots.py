@@ -6,7 +6,6 @@ Heatmaps put keys on x and queries on y, as the matrix is written: row i = where
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from attn_lightning.analysis.report import temp_path
+from attn_lightning.atomic import atomic_write
 
 MAX_LABELLED_TOKENS = 64  # longer sequences get position numbers instead of characters
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # whitespace drawn as a visible glyph
@@ -29,16 +28,10 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write fig as PNG atomically (temp file in the same dir, then os.replace)."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write fig as PNG atomically (attn_lightning/atomic.py)."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
+    return Path(path)
 
 
 def figure_rgb(fig: Figure) -> np.ndarray:

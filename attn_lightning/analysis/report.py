@@ -3,30 +3,10 @@ and a text sample. Markdown only; the figures are written by the caller (plots.p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-
-
-def temp_path(path: Path) -> Path:
-    """A hidden sibling of path, unique to this process, for an atomic write (parents made)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.part")
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write text atomically (temp file in the same dir, then os.replace)."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from attn_lightning.analysis.report import write_text
+from attn_lightning.atomic import write_text
 from attn_lightning.errors import UserError
 
 SUMMARY = "summary.json"

@@ -74,13 +74,14 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attn_lightning.analysis.plots import save_png
-from attn_lightning.analysis.report import markdown_table, write_text
+from attn_lightning.analysis.report import markdown_table
 from attn_lightning.analysis.scaling import (
     crossover_length,
     fit_points,
     scaling_exponent,
     scaling_figure,
 )
+from attn_lightning.atomic import write_text
 from attn_lightning.attention.base import CausalSelfAttention, causal_mask, masked_softmax
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import UserError, exit_on_user_error

@@ -18,9 +18,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from attn_lightning.analysis.masks import connectivity
 from attn_lightning.analysis.plots import attention_patterns, head_heatmap, loss_curves, save_png
 from attn_lightning.analysis.probe import probe
-from attn_lightning.analysis.report import render_report, write_text
+from attn_lightning.analysis.report import render_report
 from attn_lightning.analysis.runs import update_summary
 from attn_lightning.analysis.stats import LOCAL_WINDOW, head_statistics
+from attn_lightning.atomic import write_text
 from attn_lightning.callbacks.validation_probe import first_validation_inputs
 
 log = logging.getLogger(__name__)

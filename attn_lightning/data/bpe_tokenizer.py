@@ -7,14 +7,14 @@ the tokenizer's JSON string, plain data that travels inside checkpoints loadable
 
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 
+from attn_lightning.atomic import write_text
 from attn_lightning.errors import ConfigError
 
 
@@ -50,18 +50,8 @@ class BPETokenizer:
         if cache.is_file():
             return cls(cache.read_text(encoding="utf-8"))
         tokenizer = cls.train(text, vocab_size)
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".part")
-        except OSError:
-            return tokenizer  # a read-only data dir only costs the cache
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(tokenizer.tokenizer_json)
-            os.replace(tmp, cache)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with contextlib.suppress(OSError):  # a read-only data dir only costs the cache
+            write_text(cache, tokenizer.tokenizer_json)
         return tokenizer
 
     @property

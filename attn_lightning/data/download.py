@@ -5,9 +5,9 @@ Why this module exists:
 * **Verification.** Every file is pinned to a sha256 digest. A download that is truncated,
   served by a captive portal, or silently changed upstream is rejected instead of being
   trained on; an existing file with the wrong digest is reported, never overwritten.
-* **Atomic writes.** The body is streamed into a temporary ``*.part`` file in the destination
-  directory and only moved onto the final path with :func:`os.replace` after the length and
-  checksum check out. An interrupted run therefore never leaves a half-written file at the
+* **Atomic writes.** The body is streamed into a temporary file in the destination directory
+  (attn_lightning/atomic.py) and only takes the final name after the length and checksum
+  check out. An interrupted run therefore never leaves a half-written file at the
   path later runs trust, and failed attempts clean up after themselves.
 * **Actionable errors.** Every failure raises :class:`DatasetUnavailableError` whose message
   names the URL, the reason, the expected path and how to supply the file by hand (offline
@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
 
+from attn_lightning.atomic import atomic_write
 from attn_lightning.errors import UserError
 
 __all__ = ["DatasetUnavailableError", "fetch_verified", "sha256_of"]
@@ -133,26 +132,16 @@ def fetch_verified(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> 
         )
 
     logger.info("downloading %s -> %s", url, dest)
-    tmp_path: Path | None = None
     try:
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                dir=dest.parent, delete=False, prefix=dest.name + ".", suffix=".part"
-            ) as fh:
-                tmp_path = Path(fh.name)
-                actual = _download_to(url, fh, timeout)
+        # the file takes its final name only once the whole download matched its digest
+        with atomic_write(dest) as fh:
+            actual = _download_to(url, fh, timeout)
             if actual != expected_digest:
                 raise _DownloadFailed(f"sha256 mismatch: expected {expected_digest}, got {actual}")
-            os.replace(tmp_path, dest)
-            tmp_path = None
-        except _DownloadFailed as exc:
-            raise DatasetUnavailableError(_failure_message(url, dest, str(exc))) from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise DatasetUnavailableError(_failure_message(url, dest, _describe(exc))) from exc
-    finally:
-        if tmp_path is not None:
-            tmp_path.unlink(missing_ok=True)
+    except _DownloadFailed as exc:
+        raise DatasetUnavailableError(_failure_message(url, dest, str(exc))) from exc
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        raise DatasetUnavailableError(_failure_message(url, dest, _describe(exc))) from exc
     return dest
 
 

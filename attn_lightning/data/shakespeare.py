@@ -4,8 +4,6 @@ serve windows."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from attn_lightning.atomic import atomic_write
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.download import DatasetUnavailableError, fetch_verified, sha256_of
@@ -168,15 +167,7 @@ def _save_atomic(obj: object, dest: Path) -> None:
     """torch.save to a temp file, then rename: a kill never leaves a half-written cache.
     A read-only data directory only costs the cache, so it is logged, not raised."""
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+        with atomic_write(dest) as f:
+            torch.save(obj, f)
     except OSError as exc:
         log.warning("cannot cache encoded data in %s (%s); encoding on every start", dest, exc)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
