@@ -1,0 +1,145 @@
+"""What several test modules share, in one place: the CLI run as a user runs it, tiny
+Lightning pieces, and test-sized attention variants. Test modules import from here, never
+from each other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from attn_lightning.lit_module import LitGPT
+from attn_lightning.variants import AttentionFactory, attention_factory, variant_options
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A run of the CLI small enough for a test: 12 steps of a 1-layer model, two validations.
+TINY = [
+    "trainer=cpu",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "data.batch_size=4",
+    "data.val_windows=16",
+    "data.eval_batch_size=16",
+    "trainer.max_steps=12",
+    "trainer.val_check_interval=6",
+    "trainer.log_every_n_steps=3",
+    "callbacks.text_sample.max_new_tokens=16",
+]
+
+
+def cli_environment(data_dir: Path | None = None) -> dict[str, str]:
+    """The environment of a subprocess run of the project: this checkout importable, the given
+    data dir (else whatever the caller's environment says), outside any DDP job."""
+    env = dict(os.environ)
+    if data_dir is not None:
+        env["ATTN_LIGHTNING_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        env.pop(name, None)
+    return env
+
+
+def run_module(
+    module: str, args: list[str], cwd: Path, data_dir: Path | None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m module args` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=cli_environment(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_cli(module: str, args: list[str], cwd: Path, data_dir: Path | None):
+    """run_module, which must succeed."""
+    proc = run_module(module, args, cwd, data_dir)
+    assert proc.returncode == 0, (
+        f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
+    return proc
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Dirs that hold a finished run (a TensorBoard dir), anywhere under root."""
+    return sorted(p.parent for p in root.rglob("tensorboard") if p.is_dir())
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    """All TensorBoard events of a run, checking they come from one process (rank 0)."""
+    files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    writers = {f.name.split(".")[4] for f in files}  # events.out.tfevents.<time>.<host>.<pid>.n
+    assert len(writers) == 1, f"expected events from one process (rank 0), found {files}"
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+VANILLA = {"_target_": "attn_lightning.attention.vanilla.VanillaAttention", "_partial_": True}
+
+
+def tiny_lit_gpt(
+    tokenizer: dict[str, Any],
+    n_layer: int = 1,
+    n_head: int = 2,
+    n_embd: int = 16,
+    block_size: int = 32,
+    **optim: Any,
+) -> LitGPT:
+    """A LitGPT with vanilla attention, AdamW without warm-up unless `optim` says otherwise."""
+    model = {
+        "_target_": "attn_lightning.model.gpt.GPT",
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_embd": n_embd,
+        "block_size": block_size,
+    }
+    defaults = {
+        "lr": 1e-3,
+        "min_lr": 1e-4,
+        "warmup_steps": 0,
+        "decay_steps": 1,
+        "betas": [0.9, 0.99],
+        "weight_decay": 0.0,
+    }
+    return LitGPT(model, dict(VANILLA), {**defaults, **optim}, tokenizer)
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A CPU Trainer without logger, progress bar or model summary."""
+    options = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**options, **kwargs})
+
+
+# Attention modules of the test shape. Hyperparameters are shrunk so that chunk, segment and
+# block boundaries (every 8 positions) fall inside the 32-token test sequences.
+ATTENTION_SHAPE = {"n_embd": 32, "n_head": 4, "block_size": 32}
+SMALL_OPTIONS = {
+    "chunk_size": 8,
+    "num_segments": 4,
+    "num_landmarks": 4,
+    "block": 8,
+    "window": 8,
+}
+
+
+def small_attention(variant: str, **overrides: Any) -> AttentionFactory:
+    """The variant's partial with test-sized hyperparameters (those it has) and `overrides`."""
+    options = variant_options(variant)
+    small = {key: value for key, value in SMALL_OPTIONS.items() if key in options}
+    return attention_factory(variant, **{**small, **overrides})
