@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import cli_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = Path(
@@ -38,8 +39,4 @@ def data_dir(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def cli_env(data_dir: Path) -> dict[str, str]:
     """Environment for running `python -m attn_lightning` in a subprocess."""
-    env = dict(os.environ)
-    env["ATTN_LIGHTNING_DATA_DIR"] = str(data_dir)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("LOCAL_RANK", None)
-    return env
+    return cli_environment(data_dir)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from helpers import TINY, run_cli, run_dirs
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_cli import TINY, run_cli, run_dirs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN = [

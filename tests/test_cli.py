@@ -3,69 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "trainer=cpu",
-    "model.n_layer=1",
-    "model.n_head=2",
-    "model.n_embd=32",
-    "model.block_size=32",
-    "data.batch_size=4",
-    "data.val_windows=16",
-    "data.eval_batch_size=16",
-    "trainer.max_steps=12",
-    "trainer.val_check_interval=6",
-    "trainer.log_every_n_steps=3",
-    "callbacks.text_sample.max_new_tokens=16",
-]
-
-
-def run_module(module: str, args: list[str], cwd: Path, data_dir: Path):
-    """`python -m module args` as a user runs it, with the project's data dir."""
-    env = dict(os.environ, ATTN_LIGHTNING_DATA_DIR=str(data_dir))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("LOCAL_RANK", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def run_cli(module: str, args: list[str], cwd: Path, data_dir: Path) -> subprocess.CompletedProcess:
-    """run_module, which must succeed."""
-    proc = run_module(module, args, cwd, data_dir)
-    assert proc.returncode == 0, (
-        f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    )
-    return proc
-
-
-def run_dirs(root: Path) -> list[Path]:
-    """Dirs that hold a finished run (a TensorBoard dir), anywhere under root."""
-    return sorted(p.parent for p in root.rglob("tensorboard") if p.is_dir())
-
-
-def events(run_dir: Path) -> EventAccumulator:
-    """All TensorBoard events of a run, checking they come from one process (rank 0)."""
-    files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    writers = {f.name.split(".")[4] for f in files}  # events.out.tfevents.<time>.<host>.<pid>.n
-    assert len(writers) == 1, f"expected events from one process (rank 0), found {files}"
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    return acc
+from helpers import TINY, events, run_cli, run_dirs
 
 
 @pytest.fixture(scope="module")

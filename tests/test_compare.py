@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import TINY, run_cli, run_module
+from helpers import TINY, run_cli, run_module
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = [

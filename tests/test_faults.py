@@ -4,7 +4,6 @@ Nothing may lose work silently, and a user error is a message, not a traceback."
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import REPO_ROOT, TINY
+from helpers import TINY, cli_environment
 
 from attn_lightning.checkpoint import read_checkpoint, save_atomic
 from attn_lightning.errors import CheckpointError
@@ -31,9 +30,7 @@ RUN = [
 
 
 def cli(args: list[str], cwd: Path, data_dir: Path, module: str = "attn_lightning"):
-    env = dict(os.environ, ATTN_LIGHTNING_DATA_DIR=str(data_dir))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return [sys.executable, "-m", module, *args], env
+    return [sys.executable, "-m", module, *args], cli_environment(data_dir)
 
 
 def run(args, cwd, data_dir, module="attn_lightning") -> subprocess.CompletedProcess:
@@ -193,8 +190,7 @@ def torn_save(obj, f, *a, **k):
 torch.save = torn_save
 save_atomic({{"state_dict": {{}}}}, {str(path)!r})
 """
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], env=cli_environment(), timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert read_checkpoint(path)["state_dict"]["step"] == 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_cli import TINY, events, run_cli, run_dirs
+from helpers import TINY, events, run_cli, run_dirs
 
 pytestmark = [
     pytest.mark.gpu,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY, events, run_cli, run_dirs
 from tensorboard.plugins.hparams import api_pb2, metadata
-from test_cli import TINY, events, run_cli, run_dirs
 
 
 def final_csv_values(run_dir: Path) -> dict[str, float]:

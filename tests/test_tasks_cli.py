@@ -3,16 +3,13 @@ size, a too-small model is refused before training, and a short run of each pres
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import events, run_cli, run_dirs, run_module
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from test_cli import REPO_ROOT, events, run_cli, run_dirs
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.lit_module import LitGPT
@@ -60,16 +57,7 @@ def test_data_option_alone_sets_vocabulary_and_block_size(task: str):
 
 def test_model_too_small_for_the_task_is_refused_before_training(tmp_path: Path):
     args = ["data=copy", "model.block_size=40", "trainer=cpu", "trainer.max_steps=5"]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "attn_lightning", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("attn_lightning", args, tmp_path, data_dir=None, timeout=300)
     assert proc.returncode != 0
     assert "model.block_size=40 cannot hold this task's sequences" in proc.stderr + proc.stdout
     assert "train/loss" not in proc.stdout  # refused before the first step

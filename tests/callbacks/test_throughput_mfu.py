@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_modules import quiet_trainer, tiny_lit_gpt
+from helpers import quiet_trainer, tiny_lit_gpt
 from torch.utils.data import DataLoader
 
 from attn_lightning.analysis.flops import flops_per_token, known_peak_flops, mfu

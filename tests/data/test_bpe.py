@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer, tiny_lit_gpt
 from hydra.utils import instantiate
-from tiny_modules import quiet_trainer, tiny_lit_gpt
 
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.shakespeare import ShakespeareDataModule

@@ -146,7 +146,7 @@ def test_exact_match_is_one_for_an_oracle_and_zero_off_by_one(name: str):
 
 
 def test_lit_module_logs_exact_match_one_for_an_oracle(tmp_path):
-    from tiny_modules import quiet_trainer, tiny_lit_gpt
+    from helpers import quiet_trainer, tiny_lit_gpt
 
     task = TASKS["addition"]
     dm = TaskDataModule(
