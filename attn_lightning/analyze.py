@@ -41,6 +41,7 @@ from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import LitGPT, load_checkpoint
 from attn_lightning.sample import resolve_device
+from attn_lightning.variants import build_attention, variant_names
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,14 @@ def variant_masks(cfg: DictConfig) -> dict[str, torch.Tensor]:
         "n_head": cfg.masks.n_head,
         "block_size": cfg.masks.seq_len,
     }
-    for path in sorted(Path(CONFIG_DIR, "attention").glob("*.yaml")):
+    for name in variant_names():
         torch.manual_seed(cfg.seed)
         try:
-            attn = instantiate(OmegaConf.load(path))(**shape)
+            attn = build_attention(name, **shape)
         except (ValueError, TypeError) as exc:  # a variant that cannot take this shape
-            log.warning("mask of %s skipped: %s", path.stem, exc)
+            log.warning("mask of %s skipped: %s", name, exc)
             continue
-        masks[path.stem] = connectivity(attn, cfg.masks.seq_len, cfg.masks.n_embd, cfg.seed)
+        masks[name] = connectivity(attn, cfg.masks.seq_len, cfg.masks.n_embd, cfg.seed)
     return masks
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,11 @@ SMALL_OPTIONS = {
 }
 
 
-def small_attention(variant: str, **overrides: Any) -> AttentionFactory:
-    """The variant's partial with test-sized hyperparameters (those it has) and `overrides`."""
+def small_attention(
+    variant: str, sizes: Mapping[str, Any] = SMALL_OPTIONS, **overrides: Any
+) -> AttentionFactory:
+    """The variant's partial with test-sized hyperparameters (those of `sizes` it has) and
+    `overrides`."""
     options = variant_options(variant)
-    small = {key: value for key, value in SMALL_OPTIONS.items() if key in options}
+    small = {key: value for key, value in sizes.items() if key in options}
     return attention_factory(variant, **{**small, **overrides})

@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-
-from attn_lightning.attention.base import causal_mask, masked_softmax
 
 LOCAL_WINDOW = 4  # positions counted as "local" by default (conf/callbacks/default.yaml)
 
@@ -61,9 +60,12 @@ def local_ratio(att: Tensor, window: int = LOCAL_WINDOW) -> Tensor:
 
 
 def exact_softmax(q: Tensor, k: Tensor) -> Tensor:
-    """Causal softmax(q k^T / sqrt(d)) (B, H, T, T) from q, k (B, H, T, D)."""
+    """Causal softmax(q k^T / sqrt(d)) (B, H, T, T) in float32 from q, k (B, H, T, D): the
+    reference every variant is compared with (analysis, callbacks, attention benchmark)."""
+    T = q.size(2)
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
-    return masked_softmax(scores, causal_mask(q.size(2), q.device))
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # key j <= query i
+    return F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1).nan_to_num(0.0)
 
 
 def softmax_gap(att: Tensor, exact: Tensor) -> Tensor:

@@ -35,8 +35,6 @@ def alibi_slopes(n_head: int) -> Tensor:
 class ALiBiAttention(VanillaAttention):
     """Causal softmax attention with per-head linear distance biases."""
 
-    is_plain_causal = False
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("slopes", alibi_slopes(self.n_head), persistent=False)

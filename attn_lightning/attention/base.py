@@ -11,11 +11,16 @@ tensors whose k/v heads are already repeated to H:
   still saves every projection and MLP of the past tokens); the softmax family keeps a KV
   cache, the kernel family a recurrent state.
 
-`forward(x, return_attn=True)` computes the output as `attention_matrix(q, k) @ v`, so the
-weights a caller sees are exactly the ones that produced the output.
+`forward(x)` is `split_heads` -> `core` (RoPE, k/v heads repeated, `attend`) -> output
+projection; `forward(x, return_attn=True)` computes the output as `attention_matrix(q, k) @ v`
+instead, so the weights a caller sees are exactly the ones that produced the output.
 
-Options every variant gets: `n_kv_head` (grouped/multi-query attention: fewer k/v heads,
-repeated for the core and cached unrepeated) and `rope` (rotary embedding on q and k).
+Options every variant gets (conf/attention/gqa.yaml, mqa.yaml and rotary.yaml are vanilla
+attention with one of them set):
+- `n_kv_head`: grouped-query attention (Ainslie et al. 2023; H_kv = 1 is multi-query attention,
+  Shazeer 2019). Head h uses the keys/values of group g(h) = h // (H / H_kv); only H_kv k/v
+  heads are projected and cached (the cache shrinks by H / H_kv), repeated for the core.
+- `rope`: rotary position embedding on q and k (rope.py), cached already rotated.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.kv_cache import QKVCache
@@ -81,21 +85,21 @@ class CausalSelfAttention(nn.Module, ABC):
         start = 0 if cache is None else cache.length
         if start + T > self.block_size:
             raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
-        q, k, v = self.project(x, start)
+        q, k, v = self.split_heads(x)
         att = None
         if cache is not None:
-            y = self.decode(q, k, v, cache)
+            y = self.decode(*self.apply_rope(q, k, start), v, cache)
         elif return_attn:
-            att = self.attention_matrix(q, self.repeat_kv(k))  # (B, H, T, T)
-            y = self.attn_dropout(att) @ self.repeat_kv(v)
+            q, k, v = self.core_inputs(q, k, v)
+            att = self.attention_matrix(q, k)  # (B, H, T, T)
+            y = self.attn_dropout(att) @ v
         else:
-            y = self.attend(q, self.repeat_kv(k), self.repeat_kv(v))
+            y = self.core(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
 
-    def project(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, C) at positions start.. -> q (B, H, T, D), k and v (B, H_kv, T, D); RoPE
-        applied to q and k. The inputs of the core (analysis tools read q and k here)."""
+    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) -> projected q (B, H, T, D), k and v (B, H_kv, T, D), before RoPE."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_embd, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
@@ -103,10 +107,31 @@ class CausalSelfAttention(nn.Module, ABC):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
-            positions = torch.arange(start, start + T, device=x.device)
-            q, k = self.rope(q, positions), self.rope(k, positions)
         return q, k, v
+
+    def apply_rope(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """RoPE on q and k of the positions start.. (unchanged without `rope`)."""
+        if self.rope is None:
+            return q, k
+        positions = torch.arange(start, start + q.size(2), device=q.device)
+        return self.rope(q, positions), self.rope(k, positions)
+
+    def project(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) at positions start.. -> q (B, H, T, D), k and v (B, H_kv, T, D); RoPE
+        applied to q and k. The inputs of the core (analysis tools read q and k here)."""
+        q, k, v = self.split_heads(x)
+        return (*self.apply_rope(q, k, start), v)
+
+    def core_inputs(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Projected q (B, H, T, D), k, v (B, H_kv, T, D) at positions 0.. -> what `attend`
+        sees: RoPE on q and k, k/v heads repeated to H, all (B, H, T, D)."""
+        q, k = self.apply_rope(q, k)
+        return q, self.repeat_kv(k), self.repeat_kv(v)
+
+    def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The fast path of `forward` between the projections, (B, H, T, D): `attend` on
+        `core_inputs`. The attention benchmark times exactly this."""
+        return self.attend(*self.core_inputs(q, k, v))
 
     def repeat_kv(self, x: Tensor) -> Tensor:
         """(B, H_kv, T, D) -> (B, H, T, D): each k/v head serves n_head // n_kv_head queries."""
@@ -138,13 +163,3 @@ class CausalSelfAttention(nn.Module, ABC):
         q_all = cache.update_q(q)
         k_all, v_all, _ = cache.update(k, v)
         return self.attend(q_all, self.repeat_kv(k_all), self.repeat_kv(v_all))[:, :, -T:]
-
-
-def causal_mask(T: int, device: torch.device | None = None) -> Tensor:
-    """(T, T) boolean mask, True where query i may attend to key j (j <= i)."""
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
-
-
-def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    """Softmax over the last dim where `mask` is True; rows with no allowed key give zeros."""
-    return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)

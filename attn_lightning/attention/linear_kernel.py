@@ -1,4 +1,4 @@
-"""Causal kernelised attention, shared by linear attention and the Performer.
+"""Causal kernelised attention: the base of linear attention and the Performer.
 
 With non-negative feature maps φ(q_i), φ(k_j) (M features) the causal output is
 
@@ -9,13 +9,23 @@ computed three ways that agree:
   across chunks a running (M x D) state; never a (T, M, D) tensor of prefix sums;
 - recurrent (decoding): one (S, z) update per token, O(1) in the sequence length;
 - materialised: the (T, T) matrix A_ij = φ(q_i)·φ(k_j) / (Σ_{j'<=i} φ(q_i)·φ(k_j') + eps).
+
+`KernelAttention` runs them as an attention core; a variant gives only its feature map φ
+(`features`) and its `eps`. There is no attention dropout (the matrix is never formed on the
+fast path).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.errors import ConfigError
 
 
 class LinearAttentionState:
@@ -86,3 +96,38 @@ def linear_attention_matrix(q: Tensor, k: Tensor, eps: float) -> Tensor:
     """The equivalent (B, H, T, T) matrix of features q, k (B, H, T, M)."""
     scores = (q @ k.transpose(-2, -1)).tril()  # (B, H, T, T)
     return scores / (scores.sum(-1, keepdim=True) + eps).clamp_min(torch.finfo(q.dtype).tiny)
+
+
+class KernelAttention(CausalSelfAttention):
+    """Causal attention with a non-negative feature map, in its chunked, recurrent and
+    materialised forms; a subclass defines `features(x, is_query)` and `eps`."""
+
+    eps: float = 0.0  # added to the normaliser
+
+    def __init__(self, *args: Any, chunk_size: int = 64, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if chunk_size < 1:
+            raise ConfigError(f"attention.chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.attn_dropout = nn.Identity()  # no dropout on an implicit matrix
+
+    @abstractmethod
+    def features(self, x: Tensor, is_query: bool) -> Tensor:
+        """φ(x): (B, H, T, D) queries or keys -> (B, H, T, M) non-negative features."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q, k = self.features(q, True), self.features(k, False)
+        return chunked_causal_linear_attention(q, k, v, self.chunk_size, self.eps, state=None)
+
+    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+        return linear_attention_matrix(self.features(q, True), self.features(k, False), self.eps)
+
+    def new_cache(self) -> LinearAttentionState:
+        return LinearAttentionState()
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState) -> Tensor:
+        q, k = self.features(q, True), self.features(self.repeat_kv(k), False)
+        v = self.repeat_kv(v)
+        if q.size(2) == 1:
+            return recurrent_linear_attention(q, k, v, self.eps, cache)
+        return chunked_causal_linear_attention(q, k, v, self.chunk_size, self.eps, cache)

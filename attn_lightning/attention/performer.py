@@ -5,8 +5,8 @@ and the rows w_1..w_M of an orthogonal random projection (each scaled to a Gauss
 
     exp(q̂·k̂) = E_w[φ(q̂) φ(k̂)],   φ(x)_r = exp(w_r·x - |x|²/2) / sqrt(M)
 
-and attention becomes causal linear attention on these features (chunked for training,
-recurrent for decoding; linear_kernel.py).
+and attention becomes causal linear attention on these features, with eps = 0 (chunked for
+training, recurrent for decoding; linear_kernel.py).
 
 Numerical stabilisation, kept strictly causal: a query's features are divided by their own
 maximum (exp(a - max a); the constant cancels between numerator and denominator of that row);
@@ -26,15 +26,9 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from attn_lightning.attention.base import CausalSelfAttention
-from attn_lightning.attention.linear_kernel import (
-    LinearAttentionState,
-    chunked_causal_linear_attention,
-    linear_attention_matrix,
-    recurrent_linear_attention,
-)
+from attn_lightning.attention.linear_kernel import KernelAttention
 from attn_lightning.errors import ConfigError
 
 
@@ -50,31 +44,28 @@ def orthogonal_random_features(nb_features: int, dim: int, generator: torch.Gene
     return rows * norms
 
 
-class PerformerAttention(CausalSelfAttention):
+class PerformerAttention(KernelAttention):
     """Causal FAVOR+ attention with positive orthogonal random features."""
+
+    eps = 0.0  # as published; a normaliser that underflows is clamped (linear_kernel.py)
 
     def __init__(
         self,
         *args: Any,
         nb_features: int | None = None,
         redraw_interval: int | None = 1000,
-        chunk_size: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         d = self.head_dim
         if nb_features is not None and nb_features < 1:
             raise ConfigError(f"attention.nb_features must be >= 1 or null, got {nb_features}")
-        if chunk_size < 1:
-            raise ConfigError(f"attention.chunk_size must be >= 1, got {chunk_size}")
         self.nb_features = nb_features or max(1, round(d * math.log(d)))  # ~ d ln d
         if redraw_interval is not None and redraw_interval < 1:
             raise ConfigError(
                 f"attention.redraw_interval must be >= 1 or null, got {redraw_interval}"
             )
         self.redraw_interval = redraw_interval
-        self.chunk_size = chunk_size
-        self.attn_dropout = nn.Identity()  # no dropout on an implicit matrix
         self.register_buffer("feature_seed", torch.randint(2**31 - 1, ()))  # from the global seed
         self.register_buffer("projection", self.draw_projection(0))  # (M, d)
         # A host-side int, not a buffer: reading a device buffer would sync every step on GPU.
@@ -110,20 +101,3 @@ class PerformerAttention(CausalSelfAttention):
         else:
             logits = logits - (w * w).sum(-1).max() / 2
         return torch.exp(logits)
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q, k = self.features(q, True), self.features(k, False)
-        return chunked_causal_linear_attention(q, k, v, self.chunk_size, 0.0, state=None)
-
-    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
-        return linear_attention_matrix(self.features(q, True), self.features(k, False), 0.0)
-
-    def new_cache(self) -> LinearAttentionState:
-        return LinearAttentionState()
-
-    def decode(self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState) -> Tensor:
-        q, k = self.features(q, True), self.features(self.repeat_kv(k), False)
-        v = self.repeat_kv(v)
-        if q.size(2) == 1:
-            return recurrent_linear_attention(q, k, v, 0.0, cache)
-        return chunked_causal_linear_attention(q, k, v, self.chunk_size, 0.0, cache)

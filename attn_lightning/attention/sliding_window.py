@@ -20,8 +20,6 @@ from attn_lightning.errors import ConfigError
 class SlidingWindowAttention(VanillaAttention):
     """Causal softmax attention restricted to a local window."""
 
-    is_plain_causal = False
-
     def __init__(self, *args: Any, window: int = 16, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if window < 1:

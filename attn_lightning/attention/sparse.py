@@ -23,8 +23,6 @@ from attn_lightning.errors import ConfigError
 class SparseAttention(VanillaAttention):
     """Causal softmax attention with the fixed local + strided-summary sparsity pattern."""
 
-    is_plain_causal = False
-
     def __init__(self, *args: Any, block: int = 16, summary: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if block < 1 or not 1 <= summary <= block:

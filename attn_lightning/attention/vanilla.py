@@ -3,8 +3,8 @@
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V,   M_ij = 0 if j <= i else -inf
 
 Variants of the family (sliding window, sparse, ALiBi) change only the score bias M, written as
-a function of absolute query/key positions, `score_bias(q_pos, k_pos)`; that one function
-serves training, the weights shown, and decoding with a KV cache.
+a function of absolute query/key positions, `allowed(q_pos, k_pos)` or `score_bias(q_pos,
+k_pos)`; that one function serves training, the weights shown, and decoding with a KV cache.
 
 The fast path of plain causal attention is `F.scaled_dot_product_attention(is_causal=True)`
 (flash / memory-efficient kernels where available); the explicit masked softmax runs only when
@@ -14,6 +14,7 @@ weights are requested.
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,14 @@ from attn_lightning.attention.kv_cache import KVCache
 class VanillaAttention(CausalSelfAttention):
     """Exact causal softmax attention."""
 
-    is_plain_causal = True  # M is the causal mask alone: SDPA's is_causal fast path applies
+    # M is the causal mask alone, so SDPA's is_causal fast path applies; derived per class:
+    # a subclass that overrides `allowed` or `score_bias` gets its own mask honoured.
+    is_plain_causal: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        base = VanillaAttention
+        cls.is_plain_causal = cls.allowed is base.allowed and cls.score_bias is base.score_bias
 
     def allowed(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """(Tq, Tk) boolean: may the query at q_pos[i] attend to the key at k_pos[j]?"""

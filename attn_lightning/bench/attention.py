@@ -14,11 +14,12 @@ dimension 32; 1 warm-up call then the median of 5; device cuda when available; f
 compared while B*H*T*T float32 values fit in 64 MiB; output in
 outputs/bench/attention/<timestamp>/ (results.csv, results.md, time.png, memory.png).
 
-What is timed: the core, everything a variant's forward does between the q/k/v projection and
-the output projection: RoPE where the variant applies it, repeating k/v heads (grouped-query),
-and `attend(q, k, v)`; a call is its forward and the backward to q, k, v and the core's own
-parameters (the causal Linformer's E and F). The projections are the same matmuls for every
-variant and would only dilute the difference. Each module is built with block_size = T, so the
+What is timed: the core, `CausalSelfAttention.core`, everything a variant's forward does
+between the q/k/v projection and the output projection: RoPE where the variant applies it,
+repeating k/v heads (grouped-query), and `attend(q, k, v)`; a call is its forward and the
+backward to q, k, v and the core's own parameters (the causal Linformer's compressions).
+The projections are the same matmuls for every variant and would only dilute the difference.
+Each module is built with block_size = T, so the
 segment variants (linformer, nystrom) keep their configured number of segments, whose length
 grows with T: with the default 8 segments their cost is quadratic, about T^2/8.
 
@@ -68,8 +69,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -81,10 +80,11 @@ from attn_lightning.analysis.scaling import (
     scaling_exponent,
     scaling_figure,
 )
+from attn_lightning.analysis.stats import exact_softmax
 from attn_lightning.atomic import write_text
-from attn_lightning.attention.base import CausalSelfAttention, causal_mask, masked_softmax
-from attn_lightning.config import CONFIG_DIR
+from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.errors import UserError, exit_on_user_error
+from attn_lightning.variants import build_attention, variant_names, variant_options
 
 MiB = 2**20
 GiB = 2**30
@@ -107,15 +107,6 @@ CSV_COLUMNS = (
     "dtype",
     "device",
 )
-
-
-def variant_names() -> list[str]:
-    """Every attention config: conf/attention/<name>.yaml."""
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / "attention").glob("*.yaml"))
-
-
-def variant_config(name: str) -> Any:
-    return OmegaConf.load(Path(CONFIG_DIR) / "attention" / f"{name}.yaml")
 
 
 @dataclass(frozen=True)
@@ -160,7 +151,7 @@ class Settings:
                 raise UserError(
                     f"--set names unknown variant {variant}: choose from {', '.join(valid)}"
                 )
-            keys = [k for k in variant_config(variant) if not k.startswith("_")]
+            keys = list(variant_options(variant))
             for key in options:
                 if key not in keys:
                     raise UserError(
@@ -234,27 +225,16 @@ def _tensors(tree: Any) -> list[Tensor]:
 
 def build_variant(name: str, settings: Settings, length: int) -> CausalSelfAttention:
     """The variant's module at block_size = length, seeded (Performer's features, Linformer's
-    E and F), on the benchmark's device and dtype."""
-    cfg = OmegaConf.merge(variant_config(name), dict(settings.options.get(name, {})))
+    compressions), on the benchmark's device and dtype."""
     torch.manual_seed(settings.seed)
-    factory = instantiate(cfg)
-    module = factory(
-        n_embd=settings.heads * settings.head_dim, n_head=settings.heads, block_size=length
+    module = build_attention(
+        name,
+        n_embd=settings.heads * settings.head_dim,
+        n_head=settings.heads,
+        block_size=length,
+        **settings.options.get(name, {}),
     )
     return module.to(device=settings.device, dtype=DTYPES[settings.dtype]).train()
-
-
-def core_inputs(module: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor):
-    """What the variant's forward hands to `attend`: RoPE on q and k where it applies, k/v
-    heads repeated to n_head."""
-    if module.rope is not None:
-        positions = torch.arange(q.size(2), device=q.device)
-        q, k = module.rope(q, positions), module.rope(k, positions)
-    return q, module.repeat_kv(k), module.repeat_kv(v)
-
-
-def run_core(module: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return module.attend(*core_inputs(module, q, k, v))
 
 
 def random_inputs(settings: Settings, length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -318,17 +298,15 @@ def quality(
 ) -> tuple[float, float]:
     """Cosine of the output and of the attention matrix to exact causal softmax on the same
     core inputs (matrix NaN when B*H*T*T float32 values exceed matrix_limit bytes)."""
-    q, k, v = core_inputs(module, q, k, v)
-    out = module.attend(q, k, v)
+    out = module.core(q, k, v)
+    q, k, v = module.core_inputs(q, k, v)  # what the core saw: RoPE, heads repeated
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
     output_cosine = row_cosine(out, exact)
-    B, H, T, D = q.shape
+    B, H, T, _ = q.shape
     matrix_bytes = B * H * T * T * 4  # float32
     if matrix_bytes > matrix_limit:
         return output_cosine, math.nan
-    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(D)  # (B, H, T, T)
-    exact_matrix = masked_softmax(scores, causal_mask(T, q.device))
-    return output_cosine, row_cosine(module.attention_matrix(q, k), exact_matrix)
+    return output_cosine, row_cosine(module.attention_matrix(q, k), exact_softmax(q, k))
 
 
 def estimate_peak(history: Sequence[tuple[int, int]], length: int, settings: Settings) -> float:
@@ -393,7 +371,7 @@ def measure(
 
         def call() -> None:
             clear_grads()
-            run_core(module, *leaves).backward(grad)
+            module.core(*leaves).backward(grad)
 
         seconds = time_calls(call, settings.warmup, settings.repeats, settings.time_limit, device)
         clear_grads()

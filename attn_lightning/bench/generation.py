@@ -27,7 +27,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from attn_lightning.config import CONFIG_DIR
+from attn_lightning.errors import exit_on_user_error
 from attn_lightning.model.gpt import GPT
+from attn_lightning.variants import attention_factory
 
 VOCAB_SIZE = 65
 
@@ -37,8 +39,7 @@ def build_model(attention: str, block_size: int | None, seed: int) -> GPT:
     if block_size is not None:
         cfg.block_size = block_size
     torch.manual_seed(seed)
-    factory = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "attention" / f"{attention}.yaml"))
-    return instantiate(cfg, vocab_size=VOCAB_SIZE, attention=factory).eval()
+    return instantiate(cfg, vocab_size=VOCAB_SIZE, attention=attention_factory(attention)).eval()
 
 
 def time_generation(
@@ -58,6 +59,7 @@ def time_generation(
     return statistics.median(seconds[True]), statistics.median(seconds[False]), same
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m attn_lightning.bench generation")
     parser.add_argument("--attention", nargs="+", default=["vanilla", "linear", "performer"])

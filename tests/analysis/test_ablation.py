@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from attn_lightning.analysis.ablation import ablate, ablation_study, mean_loss
-from attn_lightning.attention.gqa import GroupedQueryAttention
 from attn_lightning.attention.vanilla import VanillaAttention
 from attn_lightning.model.gpt import GPT
 
 T, H, C = 16, 4, 32
 ATTENTIONS = {
     "vanilla": VanillaAttention,
-    "gqa": partial(GroupedQueryAttention, n_kv_head=2),
+    "gqa": partial(VanillaAttention, n_kv_head=2),
 }
 
 

@@ -6,13 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from attention_variants import SHAPE, VARIANTS, attention_factory
+from helpers import ATTENTION_SHAPE, small_attention
+
+from attn_lightning.variants import variant_names
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     explicit = any("variant" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
     if "variant" in metafunc.fixturenames and not explicit:
-        metafunc.parametrize("variant", VARIANTS)
+        metafunc.parametrize("variant", variant_names())
 
 
 @pytest.fixture
@@ -20,6 +22,6 @@ def make_attention() -> Callable[..., Any]:
     """make_attention(variant, **overrides) -> an attention module of the test shape, eval."""
 
     def make(variant: str, **overrides: Any):
-        return attention_factory(variant, **overrides)(**SHAPE).eval()
+        return small_attention(variant, **overrides)(**ATTENTION_SHAPE).eval()
 
     return make

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_variants import SHAPE
+from helpers import ATTENTION_SHAPE as SHAPE
 
 T = SHAPE["block_size"]
 
@@ -17,7 +17,7 @@ def test_matrix_is_what_produces_the_output(
     make_attention, variant: str, rope: bool, T: int
 ) -> None:
     torch.manual_seed(0)
-    attn = make_attention(variant) if variant == "rotary" else make_attention(variant, rope=rope)
+    attn = make_attention(variant, rope=rope)
     x = torch.randn(2, T, SHAPE["n_embd"])
     fast, none = attn(x)
     shown, att = attn(x, return_attn=True)

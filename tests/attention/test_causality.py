@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_variants import SHAPE, VARIANTS, attention_factory
+from helpers import ATTENTION_SHAPE as SHAPE
+from helpers import small_attention
 
 from attn_lightning.model.gpt import GPT
+from attn_lightning.variants import variant_names
 
 T = SHAPE["block_size"]
 CUTS = [0, 6, 7, 8, 15, 16, 24]  # chunk / segment / block boundaries are multiples of 8
-OPTIONS = [(v, rope) for v in VARIANTS for rope in (False, True) if v != "rotary" or rope]
+OPTIONS = [(v, rope) for v in variant_names() for rope in (False, True)]
 
 
 @pytest.mark.parametrize(("variant", "rope"), OPTIONS)
 def test_attention_is_causal(variant: str, rope: bool) -> None:
     torch.manual_seed(0)
-    overrides = {} if variant == "rotary" else {"rope": rope}
-    attn = attention_factory(variant, **overrides)(**SHAPE).eval()
+    attn = small_attention(variant, rope=rope)(**SHAPE).eval()
     x = torch.randn(2, T, SHAPE["n_embd"], requires_grad=True)
     y, _ = attn(x)
     for t in CUTS:
@@ -35,7 +36,7 @@ def test_attention_is_causal(variant: str, rope: bool) -> None:
 @pytest.mark.parametrize("pos_embedding", ["learned", "none"])
 def test_gpt_is_causal(variant: str, pos_embedding: str) -> None:
     torch.manual_seed(0)
-    model = GPT(65, 2, attention=attention_factory(variant), pos_embedding=pos_embedding, **SHAPE)
+    model = GPT(65, 2, attention=small_attention(variant), pos_embedding=pos_embedding, **SHAPE)
     idx = torch.randint(65, (2, T))
     logits = model.eval()(idx).logits
     for t in (7, 8, 20):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from attn_lightning.attention.linear_kernel import (
+    KernelAttention,
     LinearAttentionState,
     chunked_causal_linear_attention,
     linear_attention_matrix,
@@ -48,3 +50,29 @@ def test_variant_parallel_equals_recurrent(make_attention, variant: str) -> None
     steps = [attn(x[:, t : t + 1], cache=cache)[0] for t in range(29)]
     torch.testing.assert_close(torch.cat(steps, 1), parallel)
     assert cache.S.shape == (2, 4, cache.S.size(2), 8)  # O(1) state: (B, H, M, D)
+
+
+class SquaredFeatures(KernelAttention):
+    """A variant that gives only its feature map and eps."""
+
+    eps = 1e-3
+
+    def features(self, x: Tensor, is_query: bool) -> Tensor:
+        return x * x if is_query else x.abs()
+
+
+def test_a_feature_map_is_a_whole_variant() -> None:
+    """The kernel base runs a new feature map on all three paths, and they agree with the
+    equation written out."""
+    torch.manual_seed(0)
+    attn = SquaredFeatures(n_embd=32, n_head=4, block_size=32, chunk_size=8).eval()
+    x = torch.randn(2, 21, 32)
+    parallel, _ = attn(x)
+    shown, att = attn(x, return_attn=True)
+    cache = attn.new_cache()
+    steps = [attn(x[:, t : t + 1], cache=cache)[0] for t in range(21)]
+    torch.testing.assert_close(shown, parallel)
+    torch.testing.assert_close(torch.cat(steps, 1), parallel)
+    q, k, _ = attn.split_heads(x)
+    scores = ((q * q) @ k.abs().transpose(-2, -1)).tril()  # φ(q_i)·φ(k_j), j <= i
+    torch.testing.assert_close(att, scores / (scores.sum(-1, keepdim=True) + 1e-3))

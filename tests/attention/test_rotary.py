@@ -1,10 +1,13 @@
+"""RoPE (the base's `rope` option; conf/attention/rotary.yaml is vanilla attention with it on):
+scores depend on relative positions only."""
+
 from __future__ import annotations
 
-import pytest
 import torch
 
 from attn_lightning.attention.rope import RotaryEmbedding
-from attn_lightning.attention.rotary import RotaryAttention
+from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.variants import build_attention
 
 
 def test_scores_depend_only_on_relative_position() -> None:
@@ -25,7 +28,7 @@ def test_scores_depend_only_on_relative_position() -> None:
 def test_rotary_attention_is_translation_invariant_without_positions() -> None:
     """Same tokens at shifted absolute positions give the same scores (via a KV cache)."""
     torch.manual_seed(0)
-    attn = RotaryAttention(n_embd=32, n_head=4, block_size=32).eval()
+    attn = build_attention("rotary", n_embd=32, n_head=4, block_size=32).eval()
     x = torch.randn(1, 5, 32)
     direct = attn(x)[0]
     cache = attn.new_cache()
@@ -34,6 +37,12 @@ def test_rotary_attention_is_translation_invariant_without_positions() -> None:
     torch.testing.assert_close(shifted, direct)
 
 
-def test_rotary_refuses_rope_off() -> None:
-    with pytest.raises(ValueError, match="vanilla"):
-        RotaryAttention(n_embd=32, n_head=4, block_size=32, rope=False)
+def test_rotary_variant_rotates_what_vanilla_does_not() -> None:
+    """Guard for the test above (which a layer without positions passes too): with the same
+    weights, the rotary variant's output differs from plain softmax attention's."""
+    torch.manual_seed(0)
+    rotary = build_attention("rotary", n_embd=32, n_head=4, block_size=32).eval()
+    vanilla = VanillaAttention(n_embd=32, n_head=4, block_size=32).eval()
+    vanilla.load_state_dict(rotary.state_dict())
+    x = torch.randn(1, 5, 32)
+    assert not torch.allclose(rotary(x)[0], vanilla(x)[0])

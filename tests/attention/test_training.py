@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from attention_variants import attention_factory
+from helpers import small_attention
 
 from attn_lightning.model.gpt import GPT
 
@@ -23,7 +23,7 @@ def data(shakespeare_path: Path) -> torch.Tensor:
 
 def test_variant_trains(data: torch.Tensor, variant: str) -> None:
     torch.manual_seed(0)
-    model = GPT(65, 2, 4, 32, BLOCK, attention_factory(variant)).train()
+    model = GPT(65, 2, 4, 32, BLOCK, small_attention(variant)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     losses = []

@@ -18,10 +18,10 @@ from attn_lightning.bench.attention import (
     StorageLedger,
     main,
     run,
-    variant_names,
     write_outputs,
 )
 from attn_lightning.errors import UserError
+from attn_lightning.variants import variant_names
 from tests.conftest import REPO_ROOT
 
 TINY = {"batch_size": 1, "heads": 2, "head_dim": 8, "repeats": 1, "warmup": 0}
@@ -100,7 +100,7 @@ def test_an_error_is_recorded_and_other_variants_still_run():
     settings = Settings(
         variants=("linformer", "vanilla"),
         lengths=(16, 32),
-        options={"linformer": {"k": 3}},  # divides neither length
+        options={"linformer": {"num_segments": 3}},  # divides neither length
         **TINY,
     )
     results = run(settings)

@@ -3,33 +3,26 @@ for every attention variant, before and after the context passes block_size."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from helpers import small_attention
 
 from attn_lightning.attention.kv_cache import KVCache
 from attn_lightning.bench import generation
 from attn_lightning.model.gpt import GPT, IncrementalDecoder
+from attn_lightning.variants import variant_names
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "attention"
-VARIANTS = sorted(p.stem for p in CONF.glob("*.yaml"))
-SMALL = {"chunk_size": 4, "k": 4, "num_landmarks": 4, "block": 4, "window": 5}
+SMALL = {"chunk_size": 4, "num_segments": 4, "num_landmarks": 4, "block": 4, "window": 5}
 BLOCK = 16
 
 
 def gpt(variant: str, pos_embedding: str = "learned", **overrides) -> GPT:
-    cfg = OmegaConf.load(CONF / f"{variant}.yaml")
-    for key, value in {**SMALL, **overrides}.items():
-        if key in cfg or key in overrides:
-            cfg[key] = value
+    attention = small_attention(variant, SMALL, **overrides)
     torch.manual_seed(0)
-    return GPT(65, 3, 4, 32, BLOCK, instantiate(cfg), pos_embedding=pos_embedding).eval()
+    return GPT(65, 3, 4, 32, BLOCK, attention, pos_embedding=pos_embedding).eval()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variant_names())
 @pytest.mark.parametrize("pos_embedding", ["learned", "none"])
 def test_incremental_equals_full_recomputation(variant: str, pos_embedding: str) -> None:
     model = gpt(variant, pos_embedding)
