@@ -37,9 +37,10 @@ from attn_lightning.analysis.probe import probe
 from attn_lightning.analysis.report import markdown_table, stats_table
 from attn_lightning.analysis.stats import head_statistics
 from attn_lightning.atomic import write_text
+from attn_lightning.checkpoint import load_checkpoint
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
-from attn_lightning.lit_module import LitGPT, load_checkpoint
+from attn_lightning.lit_module import LitGPT
 from attn_lightning.sample import resolve_device
 from attn_lightning.variants import build_attention, variant_names
 
@@ -60,8 +61,9 @@ def data_config(cfg: DictConfig, run_dir: Path, block_size: int) -> tuple[Any, s
         run_cfg = OmegaConf.load(saved)
         if "data" in run_cfg:
             return OmegaConf.to_container(run_cfg.data, resolve=True), str(saved)
-    cfg.model.block_size = block_size  # the data options read ${model.block_size}
-    return OmegaConf.to_container(cfg.data, resolve=True), "the data options of conf/analyze.yaml"
+    data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+    # windows as long as the checkpoint's model takes, whatever the data option's default
+    return data | {"block_size": block_size}, "the data options of conf/analyze.yaml"
 
 
 def validation_batches(

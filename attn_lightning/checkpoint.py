@@ -22,6 +22,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from attn_lightning.atomic import atomic_write
 from attn_lightning.errors import CheckpointError
+from attn_lightning.lit_module import LitGPT
 
 TRUSTED_TARGET_PREFIX = "attn_lightning."
 
@@ -72,6 +73,15 @@ def _check_targets(node: Any, path: Path) -> None:
     elif isinstance(node, list):
         for value in node:
             _check_targets(value, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitGPT:
+    """Rebuild a trained LitGPT (model and tokenizer) from a checkpoint file alone, read
+    safely, in eval mode."""
+    checkpoint = read_checkpoint(path, map_location)
+    module = LitGPT(**checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(map_location).eval()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -7,6 +7,8 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from attn_lightning.schema import register_schemas
+
 
 def _find_config_dir() -> Path:
     """`conf/` ships inside the wheel as attn_lightning/conf; in a source checkout (or an
@@ -22,6 +24,7 @@ def _find_config_dir() -> Path:
 
 
 CONFIG_DIR = str(_find_config_dir())
+register_schemas()  # before any entry point composes a config that names them
 
 
 @rank_zero_only

@@ -6,9 +6,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from attn_lightning.checkpoint import load_checkpoint
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
-from attn_lightning.lit_module import load_checkpoint
 
 
 def resolve_device(name: str) -> torch.device:

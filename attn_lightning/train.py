@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def plain(cfg: DictConfig) -> dict:
-    """A resolved config node as plain containers (what checkpoints and hparams store)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    """A resolved config node as plain containers and strings (schema enums included): what
+    constructors, checkpoints and hparams get."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -59,8 +60,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     ckpt_path, resume_step = checkpoint_to_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
-    datamodule = instantiate(cfg.data)
+    torch.set_float32_matmul_precision(str(cfg.matmul_precision))
+    datamodule = instantiate(plain(cfg.data))
     module = LitGPT(
         model=plain(cfg.model),
         attention=plain(cfg.attention),

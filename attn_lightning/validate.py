@@ -1,8 +1,12 @@
-"""Checks of a composed config that run before any heavy work (download, model, trainer).
+"""Checks of a composed config that need more than one config group, or the machine; they run
+before any heavy work (download, model, trainer).
 
-Each failure is a ConfigError whose message names the key and says what to change. Checks that
-need a built object (a variant's own hyperparameters, the data length) live in the
-constructors, which raise ConfigError too.
+Validation has one layer per rule: the schema (schema.py) refuses wrong types and unknown
+option values while Hydra composes; each constructor checks its own arguments (GPT its sizes,
+the attention base its heads, a variant its hyperparameters, a datamodule its sizes, LitGPT its
+optimiser settings); what is left is here: relations between groups (model vs data, the
+schedule vs the trainer) and the environment (GPUs, launchers). Each failure is a ConfigError
+whose message names the key and says what to change.
 """
 
 from __future__ import annotations
@@ -15,33 +19,18 @@ from attn_lightning.errors import ConfigError
 
 
 def check_config(cfg: DictConfig) -> None:
-    model, optim, trainer = cfg.model, cfg.optim, cfg.trainer
-    for key, value in (
-        ("model.n_layer", model.n_layer),
-        ("model.n_head", model.n_head),
-        ("model.n_embd", model.n_embd),
-        ("model.block_size", model.block_size),
-        ("data.batch_size", cfg.data.batch_size),
-        ("trainer.max_steps", trainer.max_steps),
-        ("optim.lr", optim.lr),
-    ):
-        if not value > 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
-    if not 0 <= optim.min_lr <= optim.lr:
-        raise ConfigError(f"optim.min_lr must be in [0, optim.lr={optim.lr}], got {optim.min_lr}")
-    if model.n_embd % model.n_head:
+    model, data, trainer = cfg.model, cfg.data, cfg.trainer
+    if model.block_size < data.block_size:
         raise ConfigError(
-            f"model.n_embd={model.n_embd} is not divisible by model.n_head={model.n_head}: "
-            f"choose n_embd as a multiple of n_head (e.g. {model.n_head * 32})"
+            f"model.block_size={model.block_size} is shorter than the data's sequences "
+            f"(data.block_size={data.block_size}): drop the model.block_size override (the model "
+            "follows data.block_size) or set data.block_size"
         )
-    n_kv_head = cfg.attention.get("n_kv_head")
-    if n_kv_head is not None and (n_kv_head <= 0 or model.n_head % n_kv_head):
+    if not trainer.max_steps > 0:  # Lightning's -1 (no limit) leaves the schedule no end
         raise ConfigError(
-            f"attention.n_kv_head={n_kv_head} must be positive and divide "
-            f"model.n_head={model.n_head}"
+            f"trainer.max_steps must be positive, got {trainer.max_steps} "
+            "(optim.decay_steps follows it)"
         )
-    if cfg.resume not in (None, "auto"):
-        raise ConfigError(f"resume must be null or auto, got {cfg.resume!r}")
     _check_devices(trainer)
     _check_launcher(trainer)
 

@@ -59,7 +59,8 @@ def test_model_too_small_for_the_task_is_refused_before_training(tmp_path: Path)
     args = ["data=copy", "model.block_size=40", "trainer=cpu", "trainer.max_steps=5"]
     proc = run_module("attn_lightning", args, tmp_path, data_dir=None, timeout=300)
     assert proc.returncode != 0
-    assert "model.block_size=40 cannot hold this task's sequences" in proc.stderr + proc.stdout
+    assert "model.block_size=40 is shorter than the data's sequences" in proc.stderr
+    assert "data.block_size=56" in proc.stderr
     assert "train/loss" not in proc.stdout  # refused before the first step
 
 

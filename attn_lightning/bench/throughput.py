@@ -40,7 +40,7 @@ from attn_lightning.train import build_trainer, plain
 def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:
     """The module (seeded init) and the step-indexed batches a training run would see."""
     L.seed_everything(cfg.seed, verbose=False)
-    dm = instantiate(cfg.data)
+    dm = instantiate(plain(cfg.data))
     module = LitGPT(
         plain(cfg.model), plain(cfg.attention), plain(cfg.optim), dm.tokenizer.state_dict()
     )

@@ -24,10 +24,9 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from attn_lightning.analysis.report import flatten
-from attn_lightning.lit_module import METRICS
+from attn_lightning.training.metrics import ANSWER_METRICS, METRICS
 
 Scalar = bool | int | float | str
-ANSWER_METRICS = ("answer_token_acc", "exact_match")  # synthetic tasks only
 
 
 def scalar_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:

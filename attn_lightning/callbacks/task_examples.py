@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from attn_lightning.lit_module import IGNORE, greedy_answers
+from attn_lightning.data.interface import IGNORE, LanguageModelData
+from attn_lightning.training.answers import greedy_answers
 
 
 def example_rows(
@@ -35,7 +36,8 @@ class TaskExamples(L.Callback):
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if trainer.sanity_checking or not getattr(datamodule, "answer_metrics", False):
+        answers = isinstance(datamodule, LanguageModelData) and datamodule.answer_metrics
+        if trainer.sanity_checking or not answers:
             return
         inputs, targets = datamodule.eval_set("val")[: self.num_examples]
         was_training = pl_module.training

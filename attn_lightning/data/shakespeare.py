@@ -7,7 +7,6 @@ import logging
 from functools import cached_property
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -16,6 +15,7 @@ from attn_lightning.atomic import atomic_write
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.download import DatasetUnavailableError, fetch_verified, sha256_of
+from attn_lightning.data.interface import LanguageModelData
 from attn_lightning.data.step_batches import eval_loader, step_loader, step_position
 from attn_lightning.data.windows import FixedWindows, RandomWindowBatches
 from attn_lightning.errors import ConfigError
@@ -26,7 +26,7 @@ FILE_NAME = "tinyshakespeare.txt"
 TOKENIZERS = ("char", "bpe")
 
 
-class ShakespeareDataModule(L.LightningDataModule):
+class ShakespeareDataModule(LanguageModelData):
     """TinyShakespeare, split 90/10 contiguously (in characters) as nanoGPT does.
 
     `tokenizer` is "char" (one token per character) or "bpe": a byte-level BPE of
@@ -54,11 +54,10 @@ class ShakespeareDataModule(L.LightningDataModule):
         bpe_vocab_size: int = 1024,
     ) -> None:
         super().__init__()
-        if block_size <= 0 or batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError(
-                f"block_size ({block_size}), data.batch_size ({batch_size}) and "
-                f"data.eval_batch_size ({eval_batch_size}) must be positive"
-            )
+        sizes = {"block_size": block_size, "batch_size": batch_size}
+        for key, value in (sizes | {"eval_batch_size": eval_batch_size}).items():
+            if value <= 0:
+                raise ConfigError(f"data.{key} must be positive, got {value}")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if tokenizer not in TOKENIZERS:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from attn_lightning.data.char_tokenizer import CharTokenizer
+from attn_lightning.data.interface import IGNORE, LanguageModelData
 from attn_lightning.data.step_batches import StepBatches, eval_loader, step_loader, step_position
 from attn_lightning.data.tasks import EOS, SEP, Task, split_of
 from attn_lightning.errors import ConfigError
-
-IGNORE = -100
 
 
 def encode_examples(
@@ -91,13 +89,13 @@ def fixed_examples(
     )
 
 
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(LanguageModelData):
     """A synthetic task (`data.task`) served for training, validation, test and a
     length-generalisation test (`test_long`, reported under its own metric names).
 
-    The model must hold the longest sequence of every split, the length-generalisation one
-    included: `block_size` (which `model.block_size` follows) is checked against it here, and a
-    smaller model is refused when fitting starts. What this means for position schemes: with
+    `block_size` must hold the longest input of every split, the length-generalisation one
+    included (checked here); the model follows it (`model.block_size: ${data.block_size}`).
+    What this means for position schemes: with
     learned position embeddings (`model.pos_embedding=learned`) the positions past the training
     length exist but are never trained, so that model cannot length-generalise by construction
     and its `test_long` score measures nothing but that; schemes without per-position parameters
@@ -159,22 +157,6 @@ class TaskDataModule(L.LightningDataModule):
     @cached_property
     def tokenizer(self) -> CharTokenizer:
         return CharTokenizer(self.task.vocabulary)
-
-    def check_model_block_size(self, model_block_size: int) -> None:
-        needed = self.required_block_size(self.task)
-        if model_block_size < needed:
-            raise ConfigError(
-                f"model.block_size={model_block_size} cannot hold this task's sequences: the "
-                f"longest input (length-generalisation split included) has {needed} tokens. "
-                f"Drop the model.block_size override (it follows data.block_size) or set it "
-                f">= {needed}"
-            )
-
-    def setup(self, stage: str) -> None:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        model = getattr(module, "model", None)
-        if model is not None:  # refuse before the first step, not at the first long batch
-            self.check_model_block_size(model.block_size)
 
     def examples(self, split: str) -> list[tuple[str, str]]:
         return self._examples[split]

@@ -30,7 +30,7 @@ class RandomWindowBatches(StepBatches):
         if len(tokens) <= block_size + 1:
             raise ConfigError(
                 f"the training split has {len(tokens)} tokens, too few for block_size "
-                f"{block_size}: lower model.block_size"
+                f"{block_size}: lower data.block_size"
             )
         self.tokens = tokens
         self.block_size = block_size
@@ -48,7 +48,7 @@ def evenly_spaced_starts(num_tokens: int, block_size: int, count: int | None) ->
     if last < 0:
         raise ConfigError(
             f"the evaluation split has {num_tokens} tokens, too few for block_size {block_size}: "
-            "lower model.block_size or raise data.val_fraction"
+            "lower data.block_size or raise data.val_fraction"
         )
     n_disjoint = last // block_size + 1
     if count is None or count >= n_disjoint:

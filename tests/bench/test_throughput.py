@@ -11,7 +11,7 @@ TINY = [
     "model.n_layer=1",
     "model.n_head=2",
     "model.n_embd=32",
-    "model.block_size=16",
+    "data.block_size=16",
     "data.batch_size=4",
     "~callbacks.progress_bar",
 ]
