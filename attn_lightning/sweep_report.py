@@ -1,9 +1,10 @@
-"""A Hydra callback (not a Lightning one): each job's summary.json is stamped with how the job
-ended, and a multirun's sweep dir gets the comparison of its jobs (analysis/comparison.py).
+"""A Hydra callback (not a Lightning one): each job's record (summary.json, run_record.py) is
+stamped with how the job started and ended, and a multirun's sweep dir gets the comparison of
+its jobs (analysis/comparison.py).
 
 Registered under `hydra.callbacks` in conf/hydra/default.yaml, so every sweep of
 `python -m attn_lightning -m ...` gets `comparison.md`, `comparison.csv` and the figures; single
-runs get their stamped summary.json only. `python -m attn_lightning.compare` rebuilds the same
+runs get their stamped record only. `python -m attn_lightning.compare` rebuilds the same
 report from the saved runs.
 
 Why the comparison is rewritten after every job and not only in `on_multirun_end`: Hydra's
@@ -29,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from attn_lightning.analysis.comparison import compare_runs
 from attn_lightning.analysis.report import flatten
-from attn_lightning.analysis.runs import first_line, update_summary
+from attn_lightning.analysis.runs import first_line
 from attn_lightning.errors import UserError
+from attn_lightning.run_record import update_record
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +81,15 @@ class SweepReport(Callback):
         if not _rank_zero():
             return
         self._started = time.perf_counter()
-        update_summary(
+        update_record(
             config.hydra.runtime.output_dir,
-            {
-                "status": "running",
-                "error": None,
-                "wall_time_s": None,
-                "overrides": list(config.hydra.overrides.task),
-                "comparable": self.comparable(config),
-                # jobs that share a process share its peak-memory counters (see the report)
-                "process": f"{socket.gethostname()}:{os.getpid()}",
-            },
+            status="running",
+            error=None,
+            wall_time_s=None,
+            overrides=list(config.hydra.overrides.task),
+            comparable=self.comparable(config),
+            # jobs that share a process share its peak-memory counters (see the report)
+            process=f"{socket.gethostname()}:{os.getpid()}",
         )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -99,13 +99,11 @@ class SweepReport(Callback):
         # the exception itself: the public `return_value` re-raises it
         error = None if completed else job_return._return_value
         elapsed = time.perf_counter() - self._started if self._started is not None else None
-        update_summary(
+        update_record(
             config.hydra.runtime.output_dir,
-            {
-                "status": "completed" if completed else "failed",
-                "error": first_line(error) if isinstance(error, BaseException) else None,
-                "wall_time_s": elapsed,
-            },
+            status="completed" if completed else "failed",
+            error=first_line(error) if isinstance(error, BaseException) else None,
+            wall_time_s=elapsed,
         )
         self._started = None
         if self.every_job and config.hydra.mode == RunMode.MULTIRUN:

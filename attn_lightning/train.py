@@ -18,6 +18,7 @@ from attn_lightning.csv_logger import ResumableCSVLogger
 from attn_lightning.ddp_multirun import ddp_job_scope
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import LitGPT
+from attn_lightning.run_record import record_training
 from attn_lightning.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with ddp_job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = scalars(trainer.callback_metrics)  # trainer.test() starts them afresh
+        record_training(trainer, module, metrics)  # the run record, whatever callbacks run
         if cfg.test:
             checkpoint = trainer.checkpoint_callback
             best = "best" if checkpoint is not None and checkpoint.best_model_path else None
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
+            record_training(trainer, module, metrics | scalars(trainer.callback_metrics))
     return metrics | scalars(trainer.callback_metrics)
 
 

@@ -14,15 +14,23 @@ Honesty checks, because a table invites reading every difference as the variant'
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import statistics
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from attn_lightning.analysis.comparison_columns import (
+    COLUMNS,
+    Column,
+    Row,
+    attention_name,
+    cell,
+    comparable,
+    comparison_rows,
+    differences,
+    params,
+    reference_run,
+    render_csv,
+)
 from attn_lightning.analysis.comparison_plots import (
     final_loss_bars,
     layer_heatmap,
@@ -31,49 +39,10 @@ from attn_lightning.analysis.comparison_plots import (
     val_loss_curves,
 )
 from attn_lightning.analysis.plots import save_png
-from attn_lightning.analysis.report import flatten, markdown_table
+from attn_lightning.analysis.report import markdown_table
 from attn_lightning.analysis.runs import Run, load_runs
 from attn_lightning.atomic import write_text
 
-VANILLA = "VanillaAttention"
-STEPS_TRAINED = "steps trained"
-CSV_COLUMNS = [
-    "job",
-    "overrides",
-    "status",
-    "error",
-    "attention",
-    "params",
-    "params_delta_pct",
-    "steps",
-    "train_loss",
-    "val_loss",
-    "val_ppl",
-    "test_loss",
-    "test_ppl",
-    "val_answer_token_acc",
-    "val_exact_match",
-    "test_answer_token_acc",
-    "test_exact_match",
-    "tokens_per_sec_median",
-    "peak_memory_mib",
-    "peak_memory_kind",
-    "peak_memory_includes_earlier_jobs",
-    "wall_time_s",
-    "differs_from_others",
-    "dir",
-]
-FINAL_METRICS = {  # csv column -> logged metric (its last value)
-    "train_loss": "train/loss",
-    "val_loss": "val/loss",
-    "val_ppl": "val/ppl",
-    "test_loss": "test/loss",
-    "test_ppl": "test/ppl",
-    "val_answer_token_acc": "val/answer_token_acc",
-    "val_exact_match": "val/exact_match",
-    "test_answer_token_acc": "test/answer_token_acc",
-    "test_exact_match": "test/exact_match",
-}
 FIGURES = {
     "loss_curves.png": "Validation loss against step",
     "final_loss_bar.png": "Final losses",
@@ -82,161 +51,6 @@ FIGURES = {
     "attention_distance.png": "Attention distance per layer",
     "attention_masks.png": "Which (query, key) pairs each run's attention connects",
 }
-
-
-def attention_name(run: Run) -> str:
-    target = run.summary.get("attention", {}).get("_target_", "")
-    return target.rsplit(".", 1)[-1]
-
-
-def params(run: Run) -> int | None:
-    value = run.summary.get("params")
-    return int(value) if isinstance(value, (int, float)) else None
-
-
-def reference_run(runs: Sequence[Run]) -> Run | None:
-    """The parameter reference: the largest run with vanilla attention, else the largest run."""
-    counted = [r for r in runs if params(r) is not None]
-    vanilla = [r for r in counted if attention_name(r) == VANILLA]
-    pool = vanilla or counted
-    return max(pool, key=lambda r: params(r) or 0) if pool else None
-
-
-def comparable(run: Run) -> dict[str, str]:
-    """The settings a fair comparison shares, flattened, values as canonical JSON."""
-    values = {
-        k: json.dumps(v, sort_keys=True)
-        for k, v in flatten(run.summary.get("comparable", {})).items()
-    }
-    if run.status == "completed" and "step" in run.summary:
-        values[STEPS_TRAINED] = json.dumps(run.summary["step"])
-    return values
-
-
-def differences(runs: Sequence[Run]) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
-    """Which runs differ from the others, and in what.
-
-    Returns ({run label: keys where it differs from the majority}, {key: {run label: value}})
-    for every key with more than one value. On a tie (no majority value) every run is flagged."""
-    values = {r.label: comparable(r) for r in runs}
-    keys = sorted({k for v in values.values() for k in v})
-    flags: dict[str, list[str]] = {r.label: [] for r in runs}
-    differing: dict[str, dict[str, str]] = {}
-    for key in keys:
-        seen = {label: v[key] for label, v in values.items() if key in v}
-        counts = Counter(seen.values()).most_common()
-        if len(counts) < 2:
-            continue
-        differing[key] = seen
-        majority = counts[0][0] if counts[0][1] > counts[1][1] else None
-        for label, value in seen.items():
-            if value != majority:
-                flags[label].append(key)
-    return flags, differing
-
-
-def tokens_per_sec(run: Run) -> float | None:
-    """Median of the logged train/tokens_per_sec values (robust to a slow first interval)."""
-    points = run.series.get("train/tokens_per_sec")
-    if points:
-        return statistics.median(v for _, v in points)
-    return run.final("train/tokens_per_sec")
-
-
-def peak_memory(run: Run) -> tuple[float | None, str]:
-    for metric, kind in (
-        ("memory/cuda_peak_allocated_mib", "cuda"),
-        ("memory/rss_peak_mib", "rss"),
-    ):
-        value = run.final(metric)
-        if value is not None:
-            return value, kind
-    return None, ""
-
-
-def after_others_in_process(runs: Sequence[Run]) -> set[str]:
-    """Runs that ran in the same process as an earlier run of their sweep (Hydra's basic
-    launcher runs every job in one process; pool launchers reuse workers) on a platform where
-    the memory monitor could not reset the process's peak (`peak_memory_scope: process`): their
-    peak includes the earlier runs', an upper bound only."""
-    seen: set[tuple[Path, str]] = set()
-    shared = set()
-    for run in runs:
-        process = run.summary.get("process")
-        if not process:
-            continue
-        if run.summary.get("peak_memory_scope") == "run":
-            seen.add((run.path.parent.resolve(), str(process)))
-            continue
-        key = (run.path.parent.resolve(), str(process))
-        if key in seen:
-            shared.add(run.label)
-        seen.add(key)
-    return shared
-
-
-def status_and_error(run: Run) -> tuple[str, str]:
-    """What the report says about how the run ended."""
-    if not run.summary:
-        return "incomplete", "no summary.json: killed before it started, or not an attn run"
-    status = run.status
-    if status == "running":
-        return (
-            "incomplete",
-            "started, no end recorded: killed, still running, "
-            "or a single run that exited on an error",
-        )
-    return status, str(run.summary.get("error") or "")
-
-
-def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One dict per run with every CSV column (None where a value does not apply)."""
-    reference = reference_run(runs)
-    ref_params = params(reference) if reference is not None else None
-    flags, _ = differences(runs)
-    shared_process = after_others_in_process(runs)
-    rows = []
-    for run in runs:
-        status, error = status_and_error(run)
-        count = params(run)
-        memory, memory_kind = peak_memory(run)
-        row: dict[str, Any] = {
-            "job": run.label,
-            "overrides": " ".join(run.overrides),
-            "status": status,
-            "error": error,
-            "attention": attention_name(run),
-            "params": count,
-            "params_delta_pct": (
-                100.0 * (count - ref_params) / ref_params if count and ref_params else None
-            ),
-            "steps": run.summary.get("step"),
-            **{column: run.final(metric) for column, metric in FINAL_METRICS.items()},
-            "tokens_per_sec_median": tokens_per_sec(run),
-            "peak_memory_mib": memory,
-            "peak_memory_kind": memory_kind,
-            "peak_memory_includes_earlier_jobs": (
-                run.label in shared_process if memory is not None else None
-            ),
-            "wall_time_s": run.summary.get("wall_time_s") if status != "incomplete" else None,
-            "differs_from_others": ";".join(flags[run.label]),
-            "dir": str(run.path),
-        }
-        rows.append(row)
-    return rows
-
-
-def render_csv(rows: Sequence[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
-    return buffer.getvalue()
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "" if value is None else format(value, spec)
 
 
 def shared_overrides(runs: Sequence[Run]) -> list[str]:
@@ -257,7 +71,12 @@ def short_labels(runs: Sequence[Run]) -> dict[str, str]:
     return labels
 
 
-def render_markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]], sources: list[str]) -> str:
+def render_markdown(
+    runs: Sequence[Run],
+    rows: Sequence[Row],
+    sources: list[str],
+    columns: Sequence[Column] = COLUMNS,
+) -> str:
     """comparison.md: warnings first (what is not like with like), then the table, then the
     figures."""
     labels = short_labels(runs)
@@ -312,7 +131,7 @@ def render_markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]], sources
         lines += ["No run recorded its parameter count."]
 
     lines += ["", "## Results", ""]
-    lines += _results_table(rows, labels, flags)
+    lines += _results_table(rows, labels, flags, columns)
     if any(r["peak_memory_includes_earlier_jobs"] for r in rows):
         lines += [
             "",
@@ -347,39 +166,19 @@ def _grouped(keys: Sequence[str]) -> list[str]:
 
 
 def _results_table(
-    rows: Sequence[dict[str, Any]], labels: dict[str, str], flags: dict[str, list[str]]
+    rows: Sequence[Row],
+    labels: dict[str, str],
+    flags: dict[str, list[str]],
+    columns: Sequence[Column],
 ) -> list[str]:
-    columns = [  # (header, csv column, format); task columns only when some run has them
-        ("params", "params", ",d"),
-        ("Δparams", "params_delta_pct", "+.1f"),
-        ("train loss", "train_loss", ".4f"),
-        ("val loss", "val_loss", ".4f"),
-        ("val ppl", "val_ppl", ".3f"),
-        ("test loss", "test_loss", ".4f"),
-        ("val answer acc", "val_answer_token_acc", ".3f"),
-        ("val exact", "val_exact_match", ".3f"),
-        ("test answer acc", "test_answer_token_acc", ".3f"),
-        ("test exact", "test_exact_match", ".3f"),
-        ("tokens/s (median)", "tokens_per_sec_median", ",.0f"),
-        ("peak MiB", "peak_memory_mib", ",.0f"),
-        ("wall s", "wall_time_s", ".1f"),
-    ]
-    columns = [c for c in columns if any(row[c[1]] is not None for row in rows)]
-    header = ["run", "status", "attention", *(h for h, _, _ in columns)]
+    """The markdown columns of the spec that some run has a value for, after the run's label
+    (and what it differs in)."""
+    shown = [c for c in columns if c.header and any(row[c.name] is not None for row in rows)]
     table = []
     for row in rows:
         flag = f" ⚠ differs: {', '.join(flags[row['job']])}" if flags[row["job"]] else ""
-        cells = [labels[row["job"]] + flag, row["status"], row["attention"]]
-        for _, key, spec in columns:
-            cell = _fmt(row[key], spec)
-            if key == "params_delta_pct" and cell:
-                cell += "%"
-            if key == "peak_memory_mib" and cell:
-                cell += f" ({row['peak_memory_kind']})"
-                cell += "*" if row["peak_memory_includes_earlier_jobs"] else ""
-            cells.append(cell)
-        table.append(cells)
-    return markdown_table(header, table)
+        table.append([labels[row["job"]] + flag, *(cell(c, row) for c in shown)])
+    return markdown_table(["run", *(c.header for c in shown)], table)
 
 
 def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[str]) -> list[Path]:
@@ -403,7 +202,7 @@ def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[
         "loss_curves.png": val_loss_curves(curves),
         "final_loss_bar.png": final_loss_bars(finals),
         "attention_patterns.png": pattern_panels(
-            {labels[r.label]: r.summary.get("attention_pattern") for r in runs}
+            {labels[r.label]: r.record.attention_pattern if r.record else None for r in runs}
         ),
         "attention_entropy.png": layer_heatmap(
             stats["entropy"], "Attention entropy per layer (mean over heads)", "nats"
@@ -415,7 +214,7 @@ def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[
             cmap="viridis",
         ),
         "attention_masks.png": mask_panels(
-            {labels[r.label]: r.summary.get("attention_mask") for r in runs}
+            {labels[r.label]: r.record.attention_mask if r.record else None for r in runs}
         ),
     }
     written += [save_png(fig, out / name) for name, fig in figures.items()]
@@ -423,7 +222,7 @@ def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[
 
 
 def _layer_means(run: Run, name: str) -> list[float] | None:
-    per_layer = run.summary.get("attention_stats", {}).get(name)
+    per_layer = (run.record.attention_stats or {}).get(name) if run.record else None
     if not per_layer:
         return None
     return [sum(heads) / len(heads) for heads in per_layer]

@@ -1,45 +1,21 @@
-"""Saved runs as a comparison reads them: a run dir's `summary.json`, `.hydra/overrides.yaml`
-and `csv/metrics.csv`, whatever state the run was left in.
-
-`summary.json` is written in parts, each merged into what is there (atomically): at job start
-(status `running`, overrides, the config keys a comparison must share), after fit and test
-(metrics, parameters, attention statistics), at job end (status `completed` or `failed`, the
-error, wall time). A run killed midway keeps `running`; a dir without the file is `incomplete`.
+"""Saved runs as a comparison reads them: a run dir's record (`summary.json`, see
+run_record.py), `.hydra/overrides.yaml` and `csv/metrics.csv`, whatever state the run was left in.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from attn_lightning.atomic import write_text
 from attn_lightning.errors import UserError
+from attn_lightning.run_record import SUMMARY, RunRecord, read_record
 
-SUMMARY = "summary.json"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 METRICS_CSV = Path("csv") / "metrics.csv"
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The run's summary, {} when there is none or it cannot be read (a report must not die on
-    one damaged run)."""
-    try:
-        data = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def update_summary(run_dir: str | Path, updates: dict[str, Any]) -> Path:
-    """Merge `updates` into the run's summary.json (top-level keys replaced), atomically."""
-    summary = read_summary(run_dir) | updates
-    return write_text(Path(run_dir) / SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
 
 
 def first_line(error: BaseException) -> str:
@@ -54,23 +30,21 @@ class Run:
 
     label: str  # the job's dir relative to what was compared, e.g. "3" or "10-02-11/3"
     path: Path
-    summary: dict[str, Any]
+    record: RunRecord | None  # None: no summary.json (killed before it started, or not a run)
     overrides: list[str]
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # from the CSV
 
     @property
     def status(self) -> str:
-        if not self.summary:
-            return "incomplete"
-        return str(self.summary.get("status", "incomplete"))
+        """running, completed or failed as recorded; incomplete when nothing says."""
+        return (self.record.status if self.record else None) or "incomplete"
 
     def final(self, metric: str) -> float | None:
-        """The metric's last logged value (CSV), else the summary's final value."""
+        """The metric's last logged value (CSV), else the record's final value."""
         points = self.series.get(metric)
         if points:
             return points[-1][1]
-        value = self.summary.get("metrics", {}).get(metric)
-        return float(value) if isinstance(value, (int, float)) else None
+        return self.record.metrics.get(metric) if self.record else None
 
 
 def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -96,14 +70,14 @@ def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def _overrides(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+def _overrides(run_dir: Path, record: RunRecord | None) -> list[str]:
     try:
         typed = yaml.safe_load((run_dir / OVERRIDES).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         typed = None
     if isinstance(typed, list):
         return [str(o) for o in typed]
-    return [str(o) for o in summary.get("overrides", [])]
+    return [str(o) for o in record.overrides] if record else []
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -147,13 +121,13 @@ def load_runs(roots: list[Path]) -> list[Run]:
             label = run_dir.resolve().relative_to(base).as_posix()
             if label == ".":
                 label = run_dir.resolve().name
-            summary = read_summary(run_dir)
+            record = read_record(run_dir)
             runs.append(
                 Run(
                     label=label,
                     path=run_dir,
-                    summary=summary,
-                    overrides=_overrides(run_dir, summary),
+                    record=record,
+                    overrides=_overrides(run_dir, record),
                     series=read_metrics_csv(run_dir / METRICS_CSV),
                 )
             )

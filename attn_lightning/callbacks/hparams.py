@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -24,6 +23,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from attn_lightning.analysis.report import flatten
+from attn_lightning.run_record import chosen_option, class_name
 from attn_lightning.training.metrics import ANSWER_METRICS, METRICS
 
 Scalar = bool | int | float | str
@@ -53,10 +53,8 @@ def metric_tags(pl_module: L.LightningModule, test: bool) -> list[str]:
 def config_choices(groups: Sequence[str]) -> dict[str, str]:
     """The options this Hydra run picked for config groups (`attention=gqa`): names a reader
     knows, which the built classes do not always tell apart (gqa and mqa share one class)."""
-    if not HydraConfig.initialized():
-        return {}
-    choices = HydraConfig.get().runtime.choices
-    return {group: choices[group] for group in groups if choices.get(group) is not None}
+    chosen = {group: chosen_option(group) for group in groups}
+    return {group: option for group, option in chosen.items() if option is not None}
 
 
 def session_end_summary(status: int) -> Summary:
@@ -99,13 +97,13 @@ class HParamsSummary(L.Callback):
         module_hparams = pl_module.hparams
         flat = scalar_leaves(self.extra)
         attention = module_hparams.get("attention", {}).get("_target_")
-        if attention and "attention" not in flat:
-            flat["attention"] = attention.rsplit(".", 1)[-1]
+        if attention and "attention" not in flat:  # outside a Hydra run: no option name
+            flat["attention"] = class_name(attention)
         for group in ("model", "attention", "optim"):
             flat.update(scalar_leaves(module_hparams.get(group, {}), f"{group}."))
         tokenizer = module_hparams.get("tokenizer", {}).get("_target_")
         if tokenizer:
-            flat["tokenizer"] = tokenizer.rsplit(".", 1)[-1]
+            flat["tokenizer"] = class_name(tokenizer)
         return flat
 
     @staticmethod

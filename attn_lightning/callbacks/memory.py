@@ -3,7 +3,7 @@
 Peaks are process-wide counters, and a sweep runs many jobs in one process (Hydra's basic
 launcher), so they are reset when fit starts: CUDA's peak statistics, and on Linux the
 kernel's RSS high-water mark (`/proc/self/clear_refs`). Where the RSS peak cannot be reset
-(macOS, Windows) it covers the whole process, and the run's summary.json says so
+(macOS, Windows) it covers the whole process, and the run's record says so
 (`peak_memory_scope: process`) for the sweep comparison to mark.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from attn_lightning.analysis.runs import update_summary
+from attn_lightning.run_record import update_record
 
 MIB = 2**20
 PROC_STATUS = Path("/proc/self/status")
@@ -65,7 +65,7 @@ class MemoryMonitor(L.Callback):
             per_run = reset_peak_rss()
         if trainer.is_global_zero:
             scope = "run" if per_run else "process"
-            update_summary(trainer.default_root_dir, {"peak_memory_scope": scope})
+            update_record(trainer.default_root_dir, peak_memory_scope=scope)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any

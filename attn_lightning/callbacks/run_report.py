@@ -1,6 +1,7 @@
 """report.md in the run dir at the end of fit (and again at the end of test): configuration,
 final metrics, loss curves, attention patterns, entropy and distance per head, a text sample.
-The numbers a sweep comparison needs go into the run's summary.json as well (analysis/runs.py).
+What only this report computes (attention pattern, statistics, layer-0 mask) goes into the run's
+record too, for the sweep comparison's figures (run_record.py); train() records the rest.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from attn_lightning.analysis.masks import connectivity
 from attn_lightning.analysis.plots import attention_patterns, head_heatmap, loss_curves, save_png
 from attn_lightning.analysis.probe import probe
 from attn_lightning.analysis.report import render_report
-from attn_lightning.analysis.runs import update_summary
 from attn_lightning.analysis.stats import LOCAL_WINDOW, head_statistics
 from attn_lightning.atomic import write_text
 from attn_lightning.callbacks.validation_probe import first_validation_inputs
+from attn_lightning.run_record import update_record, variant_name
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,7 @@ class RunReport(L.Callback):
         save_png(loss_curves(curves), out / FIGURES["loss_curves"])
         figures.append(("Loss curves", FIGURES["loss_curves"]))
         stats = None
-        summary: dict[str, Any] = {
-            "params": pl_module.model.num_params(),
-            "step": trainer.global_step,
-            "attention": dict(pl_module.hparams["attention"]),
-            "metrics": dict(self.metrics),
-        }
+        recorded: dict[str, Any] = {}  # the record's fields only this report computes
         if self._probe is None:
             self._probe = first_validation_inputs(trainer, self.num_sequences)
         if self._probe is not None:
@@ -146,8 +142,8 @@ class RunReport(L.Callback):
             T = len(tokens)
             grid = [a.applied[0, :, :T, :T].cpu() for a in layers]
             pattern = torch.stack(grid).float().mean(dim=(0, 1))  # (T, T): layers and heads
-            summary["attention_pattern"] = [[round(v, 5) for v in row] for row in pattern.tolist()]
-            summary["attention_stats"] = {
+            recorded["attention_pattern"] = [[round(v, 5) for v in row] for row in pattern.tolist()]
+            recorded["attention_stats"] = {
                 name: [s[name].tolist() for s in stats] for name in ("entropy", "distance")
             }
             title = f"Attention on the first {T} tokens of a validation window"
@@ -170,7 +166,7 @@ class RunReport(L.Callback):
                 ("Attention distance per head", FIGURES["distance"]),
             ]
         report = render_report(
-            title=f"Run report: {pl_module.hparams['attention']['_target_'].rsplit('.', 1)[-1]}",
+            title=f"Run report: {variant_name(pl_module.hparams['attention'])}",
             config=self.config(trainer, pl_module),
             metrics=self.metrics,
             figures=figures,
@@ -179,8 +175,7 @@ class RunReport(L.Callback):
             notes=[f"Step {trainer.global_step}; attention figures and sample from {weights}."],
         )
         path = write_text(out / "report.md", report)
-        summary["attention_mask"] = self.mask(pl_module)
-        update_summary(out, summary)
+        update_record(out, attention_mask=self.mask(pl_module), **recorded)
         log.info("report written to %s", path)
         return path
 

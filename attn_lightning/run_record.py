@@ -1,0 +1,170 @@
+"""The run record: `summary.json` in a run dir, everything a comparison knows about a run
+beside its metrics CSV. One typed object (`RunRecord`), one reader, one writer.
+
+A run's record is filled in parts, each producer handing its values to `update_record`, which
+merges them into what is there and rewrites the file atomically:
+- the sweep report (Hydra callback) at job start: status `running`, overrides, the settings a
+  fair comparison shares, the process; at job end: status `completed`/`failed`, error, wall time;
+- `train()` after fit and after test: the variant (config option and config), parameter count,
+  steps trained, final metrics. These are what every comparison needs, so no optional
+  callback owns them;
+- the memory monitor: whether its peaks are the run's own or the process's;
+- the run report: what only it computes (attention pattern, statistics, layer-0 mask).
+A run killed midway keeps `running`; a dir without the file has no record (`incomplete`).
+
+Records of earlier versions load as they are: a missing key is the field's default, a value of
+the wrong type too, and keys this version does not know are kept (and written back) untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.hydra_config import HydraConfig
+
+from attn_lightning.atomic import write_text
+
+if TYPE_CHECKING:
+    import lightning as L
+
+SUMMARY = "summary.json"
+
+
+@dataclass
+class RunRecord:
+    """What is known about one run. None (or empty) where nothing was recorded."""
+
+    status: str | None = None  # running, completed, failed
+    error: str | None = None  # `Type: first line` of a failed job's error
+    wall_time_s: float | None = None
+    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
+    comparable: dict[str, Any] = field(default_factory=dict)  # settings a fair comparison shares
+    process: str | None = None  # host:pid, jobs in one process share its memory counters
+    peak_memory_scope: str | None = None  # run (reset at fit start) or process
+    attention_option: str | None = None  # the config option, `attention=gqa`: the variant's name
+    attention: dict[str, Any] = field(default_factory=dict)  # its resolved config (_target_, ...)
+    params: int | None = None  # as GPT.num_params counts them
+    step: int | None = None  # optimizer steps trained
+    metrics: dict[str, float] = field(default_factory=dict)  # final values, fit then test
+    attention_pattern: list[list[float]] | None = None  # (T, T), mean over layers and heads
+    attention_stats: dict[str, list[list[float]]] | None = None  # {name: [layer][head]}
+    attention_mask: list[str] | None = None  # layer 0's (query, key) pairs, rows of '0'/'1'
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of other versions, kept as found
+
+    @property
+    def variant(self) -> str:
+        """The attention variant by its config option (gqa and mqa share a class); records of
+        earlier versions have only the class name."""
+        return self.attention_option or class_name(self.attention.get("_target_"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """A record from summary.json's contents, whatever version wrote them."""
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        values = {k: _checked(k, v) for k, v in data.items() if k in known}
+        values = {k: v for k, v in values.items() if v is not None}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**values, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """summary.json's contents: the fields that hold something, and the unknown keys."""
+        defaults = RunRecord()
+        data = dict(self.extra)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "extra" and value is not None and value != getattr(defaults, f.name):
+                data[f.name] = value
+        return data
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "status": str,
+    "error": str,
+    "wall_time_s": (int, float),
+    "overrides": list,
+    "comparable": dict,
+    "process": str,
+    "peak_memory_scope": str,
+    "attention_option": str,
+    "attention": dict,
+    "params": (int, float),
+    "step": (int, float),
+    "metrics": dict,
+    "attention_pattern": list,
+    "attention_stats": dict,
+    "attention_mask": list,
+}
+
+
+def _checked(name: str, value: Any) -> Any:
+    """The value if it has the field's type (counts as int), else None: one damaged field must
+    not cost a comparison the whole run."""
+    if isinstance(value, bool) or not isinstance(value, _TYPES[name]):
+        return None
+    if name in ("params", "step"):
+        return int(value)
+    if name == "metrics":
+        return {
+            k: float(v)
+            for k, v in value.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    return value
+
+
+def class_name(target: str | None) -> str:
+    """`attn_lightning.attention.vanilla.VanillaAttention` -> `VanillaAttention`."""
+    return (target or "").rsplit(".", 1)[-1]
+
+
+def chosen_option(group: str) -> str | None:
+    """The option this Hydra run picked for a config group (`attention` -> `gqa`); None outside
+    a Hydra run (the compose API, a test)."""
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def variant_name(attention: Mapping[str, Any]) -> str:
+    """This run's variant as a reader knows it: its config option (`gqa`), else (outside a
+    Hydra run) the class its config builds."""
+    return chosen_option("attention") or class_name(attention.get("_target_"))
+
+
+def read_record(run_dir: str | Path) -> RunRecord | None:
+    """The run's record; None when there is none or it cannot be read (a report must not die
+    on one damaged run)."""
+    try:
+        data = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return RunRecord.from_dict(data) if isinstance(data, dict) and data else None
+
+
+def update_record(run_dir: str | Path, **values: Any) -> Path:
+    """Merge `values` (RunRecord fields; an unknown name is a TypeError) into the run's
+    record and write it atomically."""
+    record = dataclasses.replace(read_record(run_dir) or RunRecord(), **values)
+    text = json.dumps(record.to_dict(), indent=1, sort_keys=True)
+    return write_text(Path(run_dir) / SUMMARY, text)
+
+
+def record_training(
+    trainer: L.Trainer, module: L.LightningModule, metrics: dict[str, float]
+) -> None:
+    """What every comparison needs, recorded by train() after fit and after test in the run
+    dir (the trainer's root dir), on rank 0."""
+    if trainer.is_global_zero:
+        update_record(
+            trainer.default_root_dir,
+            attention_option=chosen_option("attention"),
+            attention=dict(module.hparams["attention"]),
+            params=module.model.num_params(),
+            step=trainer.global_step,
+            metrics=dict(metrics),
+        )
