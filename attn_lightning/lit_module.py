@@ -86,7 +86,7 @@ class LitGPT(L.LightningModule):
         loss = self.model(x, y).loss
         log_step = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
         check_now = self.global_step % self.trainer.log_every_n_steps == 0
-        if self.nonfinite.skip_batch(loss, self.global_step, self.device.type == "cpu", check_now):
+        if self.nonfinite.skip_batch(loss, self.global_step, check_now):
             return None  # Lightning skips backward and the optimizer step
         # Only on the steps the loggers write (Lightning's own rule): self.log costs ~1% of a
         # CPU step. Not on the progress bar: RichProgressBar reads its metrics every step,

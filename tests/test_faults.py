@@ -245,10 +245,10 @@ def test_deferred_nonfinite_check_stops_and_never_saves_bad_weights(
 
     from attn_lightning.config import CONFIG_DIR
     from attn_lightning.errors import find_user_error
-    from attn_lightning.lit_module import LitGPT
     from attn_lightning.train import train
+    from attn_lightning.training.nonfinite import NonFiniteLossGuard
 
-    monkeypatch.setattr(LitGPT, "_check_loss_every_step", lambda self: False)
+    monkeypatch.setattr(NonFiniteLossGuard, "checks_every_step", lambda self, device: False)
     monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
     overrides = [o for o in RUN if not o.startswith("~")] + [
         "trainer.max_steps=300",

@@ -49,11 +49,15 @@ class NonFiniteLossGuard:
         self.count = 0  # non-finite losses seen
         self.first_bad_step: Tensor | None = None  # device-side record (accelerators)
 
-    def skip_batch(self, loss: Tensor, step: int, on_cpu: bool, check_now: bool) -> bool:
+    def checks_every_step(self, device: torch.device) -> bool:
+        """Whether each loss is read back at once (else recorded on the device)."""
+        return self.policy == "skip" or device.type == "cpu"
+
+    def skip_batch(self, loss: Tensor, step: int, check_now: bool) -> bool:
         """Called with every training loss: True when this batch must be skipped (no backward).
 
         `check_now`: a step on which a deferred (device-side) record is read back."""
-        if self.policy == "skip" or on_cpu:
+        if self.checks_every_step(loss.device):
             if torch.isfinite(loss):
                 return False
             self.count += 1
