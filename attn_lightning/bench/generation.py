@@ -4,7 +4,8 @@ recomputation of the cropped context for every new token.
     python -m attn_lightning.bench generation [--attention vanilla linear performer]
         [--prompt-len 64] [--new-tokens 512] [--repeats 3] [--block-size N]
 
-Model sizes default to conf/model/gpt.yaml (random init, vocabulary 65). Both modes decode
+Model sizes default to the training config (conf/model/gpt.yaml, block size from the data
+config; random init, vocabulary 65). Both modes decode
 greedily from the same prompt; the table says whether they produced the same tokens.
 
 Note on the default regime: with block_size 64 and a 64-token prompt the context is cropped
@@ -20,24 +21,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.model.gpt import GPT
+from attn_lightning.train import plain
 from attn_lightning.variants import attention_factory
 
 VOCAB_SIZE = 65
 
 
 def build_model(attention: str, block_size: int | None, seed: int) -> GPT:
-    cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / "gpt.yaml")
-    if block_size is not None:
-        cfg.block_size = block_size
+    """The training config's model (its block size: the data's, or `block_size`), seeded."""
+    overrides = [] if block_size is None else [f"data.block_size={block_size}"]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = plain(compose("train", overrides=overrides).model)
     torch.manual_seed(seed)
     return instantiate(cfg, vocab_size=VOCAB_SIZE, attention=attention_factory(attention)).eval()
 

@@ -10,19 +10,16 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 from attn_lightning.analysis.scaling import crossover_length, fit_points, scaling_exponent
-from attn_lightning.bench.attention import (
-    CSV_COLUMNS,
-    Settings,
-    StorageLedger,
-    main,
-    run,
-    write_outputs,
-)
+from attn_lightning.bench.attention import main
+from attn_lightning.bench.attention.memory_ledger import StorageLedger
+from attn_lightning.bench.attention.report import write_outputs
+from attn_lightning.bench.attention.settings import Settings
+from attn_lightning.bench.attention.sweep import run
 from attn_lightning.errors import UserError
 from attn_lightning.variants import variant_names
-from tests.conftest import REPO_ROOT
 
 TINY = {"batch_size": 1, "heads": 2, "head_dim": 8, "repeats": 1, "warmup": 0}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,19 +43,24 @@ def _rows(results, variant):
     return [r for r in results if r.variant == variant]
 
 
-def test_csv_has_the_columns_and_finite_figures(sweep):
-    _, _, paths = sweep
+def test_csv_reads_back_a_row_per_variant_and_length_with_its_figures(sweep):
+    settings, results, paths = sweep
     with open(paths["csv"], newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-    assert tuple(reader.fieldnames) == CSV_COLUMNS
-    assert [(r["variant"], r["length"]) for r in rows] == [
-        (v, n) for n in ("16", "32") for v in ("vanilla", "linear", "performer")
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], int(r["length"])) for r in rows] == [
+        (v, n) for n in (16, 32) for v in ("vanilla", "linear", "performer")
     ]
+    measured = {(r.variant, r.length): r for r in results}
     for row in rows:
+        result = measured[row["variant"], int(row["length"])]
         assert row["status"] == "ok"
-        for column in ("time_ms", "memory_mib", "output_cosine", "matrix_cosine"):
-            assert math.isfinite(float(row[column])) and float(row[column]) > 0
+        for figure in ("time_ms", "memory_mib", "output_cosine", "matrix_cosine"):
+            value = float(row[figure])
+            assert math.isfinite(value) and value > 0
+            assert value == pytest.approx(getattr(result, figure), rel=1e-12)
+        shape = (int(row["batch_size"]), int(row["heads"]), int(row["head_dim"]))
+        assert shape == (settings.batch_size, settings.heads, settings.head_dim)
+        assert (row["dtype"], row["device"]) == ("float32", "cpu")
 
 
 def test_vanilla_against_itself_is_exact(sweep):
