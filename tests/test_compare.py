@@ -52,11 +52,13 @@ def test_sweep_dir_gets_a_row_per_job_matching_each_jobs_own_log(sweep):
     cwd, sweep_dir = sweep
     table = rows(cwd / sweep_dir)
     assert sorted(table) == ["0", "1"]
-    for job, option, target in (("0", "vanilla", "Vanilla"), ("1", "linear", "Linear")):
+    for job, option in (("0", "vanilla"), ("1", "linear")):
         row, log = table[job], logged(cwd / sweep_dir / job)
         assert row["status"] == "completed" and row["error"] == ""
-        assert row["attention"] == f"{target}Attention"
+        assert row["attention"] == option  # the variant by its config option, as a user names it
         assert row["overrides"].endswith(f"attention={option}")
+        report = (cwd / sweep_dir / job / "report.md").read_text()
+        assert report.startswith(f"# Run report: {option}\n")
         for column, metric in (
             ("train_loss", "train/loss"),
             ("val_loss", "val/loss"),
@@ -100,17 +102,35 @@ def test_compare_cli_rebuilds_the_same_table(sweep, data_dir: Path):
     assert (cwd / sweep_dir / "attention_masks.png").read_bytes()[:8] == PNG
 
 
+def test_the_comparison_needs_no_optional_callback(data_dir: Path, tmp_path: Path):
+    """Without the run report the table still has the variant, its parameters and steps
+    (train() records them); only the run report's own figures have no data."""
+    args = [*TINY, "attention=mqa", "test=false", "~callbacks.run_report"]
+    run_cli("attn_lightning", args, tmp_path, data_dir)
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert not (run_dir / "report.md").exists()  # the run report really did not run
+    out = tmp_path / "comparison"
+    run_cli("attn_lightning.compare", [str(run_dir), "--output-dir", str(out)], tmp_path, data_dir)
+    (row,) = rows(out).values()
+    assert row["attention"] == "mqa"  # not the class it shares with gqa and vanilla
+    assert int(row["params"]) > 0 and float(row["params_delta_pct"]) == 0.0
+    assert int(row["steps"]) == 12
+    assert float(row["val_loss"]) == pytest.approx(logged(run_dir)["val/loss"][-1], rel=1e-9)
+    text = (out / "comparison.md").read_text()
+    assert "No run recorded its parameter count" not in text and "(mqa)" in text
+
+
 def test_a_failing_job_fails_alone_and_is_reported(data_dir: Path, tmp_path: Path):
     # the failing job comes first: the sweep must go on to the next one
     args = ["-m", *TINY, "test=false", "model.n_head=3,2"]  # n_embd=32 is not divisible by 3
     proc = run_module("attn_lightning", args, tmp_path, data_dir)
     assert proc.returncode == 1, proc.stderr[-3000:]  # Hydra: a job of the sweep failed
-    assert "error: model.n_embd=32 is not divisible by model.n_head=3" in proc.stdout + proc.stderr
+    assert "error: n_embd=32 is not divisible by n_head=3" in proc.stdout + proc.stderr
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     table = rows(sweep_dir)
     failed, completed = table["0"], table["1"]
     assert failed["status"] == "failed"
-    assert failed["error"].startswith("ConfigError: model.n_embd=32 is not divisible")
+    assert failed["error"].startswith("ConfigError: n_embd=32 is not divisible by n_head=3")
     assert failed["val_loss"] == "" and failed["params"] == ""
     assert completed["status"] == "completed" and completed["error"] == ""
     assert float(completed["val_loss"]) == pytest.approx(logged(sweep_dir / "1")["val/loss"][-1])
