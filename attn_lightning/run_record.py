@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,32 +84,27 @@ class RunRecord:
         return data
 
 
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "status": str,
-    "error": str,
-    "wall_time_s": (int, float),
-    "overrides": list,
-    "comparable": dict,
-    "process": str,
-    "peak_memory_scope": str,
-    "attention_option": str,
-    "attention": dict,
-    "params": (int, float),
-    "step": (int, float),
-    "metrics": dict,
-    "attention_pattern": list,
-    "attention_stats": dict,
-    "attention_mask": list,
-}
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """`list[str] | None` -> (list,): what a field's JSON value may be."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(typing.get_origin(a) or a for a in args if a is not type(None))
+
+
+_KINDS = {name: _kinds(hint) for name, hint in typing.get_type_hints(RunRecord).items()}
 
 
 def _checked(name: str, value: Any) -> Any:
-    """The value if it has the field's type (counts as int), else None: one damaged field must
-    not cost a comparison the whole run."""
-    if isinstance(value, bool) or not isinstance(value, _TYPES[name]):
+    """The value if it has the field's type (any number for a number field, cast), else None:
+    one damaged field must not cost a comparison the whole run."""
+    kinds = _KINDS[name]
+    if isinstance(value, bool):  # JSON true is no number here
         return None
-    if name in ("params", "step"):
-        return int(value)
+    if int in kinds or float in kinds:
+        if not isinstance(value, int | float):
+            return None
+        return int(value) if int in kinds else float(value)
+    if not isinstance(value, kinds):
+        return None
     if name == "metrics":
         return {
             k: float(v)
