@@ -125,12 +125,13 @@ def test_a_failing_job_fails_alone_and_is_reported(data_dir: Path, tmp_path: Pat
     args = ["-m", *TINY, "test=false", "model.n_head=3,2"]  # n_embd=32 is not divisible by 3
     proc = run_module("attn_lightning", args, tmp_path, data_dir)
     assert proc.returncode == 1, proc.stderr[-3000:]  # Hydra: a job of the sweep failed
-    assert "error: n_embd=32 is not divisible by n_head=3" in proc.stdout + proc.stderr
+    assert "error: model.n_embd=32 is not divisible by model.n_head=3" in proc.stdout + proc.stderr
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     table = rows(sweep_dir)
     failed, completed = table["0"], table["1"]
     assert failed["status"] == "failed"
-    assert failed["error"].startswith("ConfigError: n_embd=32 is not divisible by n_head=3")
+    error = "ConfigError: model.n_embd=32 is not divisible by model.n_head=3"
+    assert failed["error"].startswith(error)
     assert failed["val_loss"] == "" and failed["params"] == ""
     assert completed["status"] == "completed" and completed["error"] == ""
     assert float(completed["val_loss"]) == pytest.approx(logged(sweep_dir / "1")["val/loss"][-1])

@@ -52,9 +52,10 @@ class CausalSelfAttention(nn.Module, ABC):
     ) -> None:
         super().__init__()
         if n_embd % n_head != 0:
+            nearest_multiple = n_head * max(1, n_embd // n_head)
             raise ConfigError(
-                f"n_embd={n_embd} is not divisible by n_head={n_head}: "
-                "choose model.n_embd as a multiple of model.n_head"
+                f"model.n_embd={n_embd} is not divisible by model.n_head={n_head}: choose "
+                f"model.n_embd as a multiple of model.n_head (e.g. {nearest_multiple})"
             )
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_kv_head <= 0 or n_head % n_kv_head != 0:
