@@ -3,17 +3,21 @@
 A variant subclasses `CausalSelfAttention` and implements only its core, on (B, H, T, D)
 tensors whose k/v heads are already repeated to H:
 
-- `attend(q, k, v)`: the fast path;
-- `attention_matrix(q, k)`: the equivalent (B, H, T, T) matrix that the variant applies to v,
+- `attend(q, k, v, g)`: the fast path;
+- `attention_matrix(q, k, g)`: the equivalent (B, H, T, T) matrix that the variant applies to v,
   materialised only when a caller asks for attention weights;
-- optionally `new_cache()` + `decode(q, k, v, cache)`: incremental decoding. The default keeps
+- optionally `gates(x)`: per-token gates g (B, H, T, G) computed from the layer's input x,
+  for recurrences whose decay or write strength depends on the token (GLA's α_t, DeltaNet's
+  β_t); the default is None, and every core then gets g = None;
+- optionally `new_cache()` + `decode(q, k, v, cache, g)`: incremental decoding. The default keeps
   q, k and v of the window and recomputes the core over it (exact for any causal core, and it
   still saves every projection and MLP of the past tokens); the softmax family keeps a KV
   cache, the kernel family a recurrent state.
 
-`forward(x)` is `split_heads` -> `core` (RoPE, k/v heads repeated, `attend`) -> output
-projection; `forward(x, return_attn=True)` computes the output as `attention_matrix(q, k) @ v`
-instead, so the weights a caller sees are exactly the ones that produced the output.
+`forward(x)` is `split_heads` and `gates` -> `core` (RoPE, k/v heads repeated, `attend`) ->
+output projection; `forward(x, return_attn=True)` computes the output as
+`attention_matrix(q, k, g) @ v` instead, so the weights a caller sees are exactly the ones that
+produced the output.
 
 Options every variant gets (conf/attention/gqa.yaml, mqa.yaml and rotary.yaml are vanilla
 attention with one of them set):
@@ -87,15 +91,16 @@ class CausalSelfAttention(nn.Module, ABC):
         if start + T > self.block_size:
             raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
         q, k, v = self.split_heads(x)
+        g = self.gates(x)  # (B, H, T, G) or None
         att = None
         if cache is not None:
-            y = self.decode(*self.apply_rope(q, k, start), v, cache)
+            y = self.decode(*self.apply_rope(q, k, start), v, cache, g)
         elif return_attn:
             q, k, v = self.core_inputs(q, k, v)
-            att = self.attention_matrix(q, k)  # (B, H, T, T)
+            att = self.attention_matrix(q, k, g)  # (B, H, T, T)
             y = self.attn_dropout(att) @ v
         else:
-            y = self.core(q, k, v)
+            y = self.core(q, k, v, g)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
 
@@ -129,10 +134,15 @@ class CausalSelfAttention(nn.Module, ABC):
         q, k = self.apply_rope(q, k)
         return q, self.repeat_kv(k), self.repeat_kv(v)
 
-    def core(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def core(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         """The fast path of `forward` between the projections, (B, H, T, D): `attend` on
         `core_inputs`. The attention benchmark times exactly this."""
-        return self.attend(*self.core_inputs(q, k, v))
+        return self.attend(*self.core_inputs(q, k, v), g)
+
+    def gates(self, x: Tensor) -> Tensor | None:
+        """Per-token gates (B, H, T, G) from the layer input x (B, T, C), or None: the core
+        has no data-dependent gates (the default)."""
+        return None
 
     def repeat_kv(self, x: Tensor) -> Tensor:
         """(B, H_kv, T, D) -> (B, H, T, D): each k/v head serves n_head // n_kv_head queries."""
@@ -145,21 +155,25 @@ class CausalSelfAttention(nn.Module, ABC):
         return self.dropout if self.training else 0.0
 
     @abstractmethod
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention output (B, H, T, D) from q, k, v (B, H, T, D)."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
+        """Causal attention output (B, H, T, D) from q, k, v (B, H, T, D) and the gates."""
 
     @abstractmethod
-    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         """The (B, H, T, T) matrix this variant applies to v."""
 
     def new_cache(self) -> Any:
         """An empty decoding cache for this layer (default: keep q, k, v of the window)."""
         return QKVCache(self.block_size)
 
-    def decode(self, q: Tensor, k: Tensor, v: Tensor, cache: Any) -> Tensor:
-        """Outputs (B, H, T_new, D) of new tokens given the cache; updates the cache.
+    def decode(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: Any, g: Tensor | None = None
+    ) -> Tensor:
+        """Outputs (B, H, T_new, D) of new tokens given the cache (k/v heads not repeated,
+        RoPE applied; g: the new tokens' gates); updates the cache.
 
-        Default: recompute the core over the cached window (exact for any causal core)."""
+        Default: recompute the core over the cached window (exact for any causal core without
+        gates; a gated variant supplies its own recurrent decode)."""
         T = q.size(2)
         q_all = cache.update_q(q)
         k_all, v_all, _ = cache.update(k, v)

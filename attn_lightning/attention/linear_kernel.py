@@ -115,17 +115,19 @@ class KernelAttention(CausalSelfAttention):
     def features(self, x: Tensor, is_query: bool) -> Tensor:
         """φ(x): (B, H, T, D) queries or keys -> (B, H, T, M) non-negative features."""
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         q, k = self.features(q, True), self.features(k, False)
         return chunked_causal_linear_attention(q, k, v, self.chunk_size, self.eps, state=None)
 
-    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         return linear_attention_matrix(self.features(q, True), self.features(k, False), self.eps)
 
     def new_cache(self) -> LinearAttentionState:
         return LinearAttentionState()
 
-    def decode(self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState) -> Tensor:
+    def decode(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState, g: Tensor | None = None
+    ) -> Tensor:
         q, k = self.features(q, True), self.features(self.repeat_kv(k), False)
         v = self.repeat_kv(v)
         if q.size(2) == 1:

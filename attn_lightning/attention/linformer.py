@@ -63,12 +63,12 @@ class LinformerAttention(CausalSelfAttention):
         segments = x[:, :, : n_full * self.segment].view(B, H, n_full, self.segment, D)
         return (weights[:n_full, :, None] * segments).sum(3)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         k_c = self._compress(k, self.key_compression)  # (B, H, n_full, D)
         v_c = self._compress(v, self.value_compression)
         return segment_attention(q, k, v, k_c, v_c, self.segment, dropout_p=self.dropout_p)
 
-    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         T = q.size(2)
         w_c, w_l = segment_weights(q, k, self._compress(k, self.key_compression), self.segment)
         n_full = w_c.size(-1)

@@ -90,12 +90,12 @@ class NystromAttention(CausalSelfAttention):
         A = F.softmax((q_lm @ k_lm.transpose(-2, -1) * scale).masked_fill(~a_mask, -math.inf), -1)
         return k_lm, triangular_inverse(A, self.pinv_iterations) @ B_lm
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         k_lm, ZB = self._landmarks(q, k)
         bias = math.log(self.segment)
         return segment_attention(q, k, v, k_lm, ZB @ v, self.segment, bias, self.dropout_p)
 
-    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         k_lm, ZB = self._landmarks(q, k)
         w_lm, w_l = segment_weights(q, k, k_lm, self.segment, math.log(self.segment))
         return w_l + w_lm @ ZB

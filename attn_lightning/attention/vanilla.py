@@ -58,11 +58,11 @@ class VanillaAttention(CausalSelfAttention):
         bias = self.score_bias(q_pos, k_pos).to(q.dtype)  # (1 or H, Tq, Tk)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout_p)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         pos = torch.arange(q.size(2), device=q.device)
         return self.softmax_attend(q, k, v, pos, pos)
 
-    def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
+    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         pos = torch.arange(q.size(2), device=q.device)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
         return F.softmax(scores + self.score_bias(pos, pos), dim=-1)
@@ -70,7 +70,9 @@ class VanillaAttention(CausalSelfAttention):
     def new_cache(self) -> KVCache:
         return KVCache(self.block_size)
 
-    def decode(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache) -> Tensor:
+    def decode(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, g: Tensor | None = None
+    ) -> Tensor:
         k_all, v_all, k_pos = cache.update(k, v)  # (B, H_kv, T_k, D)
         q_pos = k_pos[-q.size(2) :]
         return self.softmax_attend(q, self.repeat_kv(k_all), self.repeat_kv(v_all), q_pos, k_pos)

@@ -16,7 +16,7 @@ T, C = 24, 16
 class Bidirectional(VanillaAttention):
     """A broken 'causal' layer that sees the future (the probe must catch it)."""
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, g=None):
         return F.scaled_dot_product_attention(q, k, v)
 
 
