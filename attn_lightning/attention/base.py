@@ -25,11 +25,18 @@ attention with one of them set):
   Shazeer 2019). Head h uses the keys/values of group g(h) = h // (H / H_kv); only H_kv k/v
   heads are projected and cached (the cache shrinks by H / H_kv), repeated for the core.
 - `rope`: rotary position embedding on q and k (rope.py), cached already rotated.
+- `short_conv`: kernel size K of a depthwise causal convolution (+ SiLU) on the projected q, k
+  and v, before heads are split and RoPE (short_conv.py; 0 = off). Its decoding state, the
+  layer's last K-1 projected inputs, rides next to the variant's cache: with short_conv,
+  `new_cache()` (whichever class defines it) returns a `ShortConvCache` holding both, and
+  `forward` hands the variant's `decode` only its own cache.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,11 +44,31 @@ from torch import Tensor, nn
 
 from attn_lightning.attention.kv_cache import QKVCache
 from attn_lightning.attention.rope import RotaryEmbedding
+from attn_lightning.attention.short_conv import ShortConvCache, ShortConvolution
 from attn_lightning.errors import ConfigError
+
+
+def _with_conv_state(new_cache: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap a `new_cache` so that a layer with short_conv gets its convolution's state too:
+    every caller (GPT, tests, tools) gets a working cache from `attn.new_cache()`."""
+
+    @functools.wraps(new_cache)
+    def wrapped(self: CausalSelfAttention) -> Any:
+        cache = new_cache(self)
+        if self.qkv_conv is None or isinstance(cache, ShortConvCache):
+            return cache  # off, or already wrapped by a parent's new_cache (super() call)
+        return ShortConvCache(cache)
+
+    return wrapped
 
 
 class CausalSelfAttention(nn.Module, ABC):
     """Multi-head causal self-attention with a pluggable core."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "new_cache" in vars(cls):  # a variant's own cache: add the conv state around it
+            cls.new_cache = _with_conv_state(vars(cls)["new_cache"])
 
     def __init__(
         self,
@@ -53,6 +80,7 @@ class CausalSelfAttention(nn.Module, ABC):
         n_kv_head: int | None = None,
         rope: bool = False,
         rope_base: float = 10000.0,
+        short_conv: int = 0,
     ) -> None:
         super().__init__()
         if n_embd % n_head != 0:
@@ -66,6 +94,10 @@ class CausalSelfAttention(nn.Module, ABC):
             raise ConfigError(
                 f"attention.n_kv_head={n_kv_head} must be positive and divide model.n_head={n_head}"
             )
+        if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
+            raise ConfigError(
+                f"attention.short_conv={short_conv!r} must be a kernel size >= 1, or 0 (off)"
+            )
         self.n_embd = n_embd
         self.n_head = n_head
         self.n_kv_head = n_kv_head
@@ -75,6 +107,9 @@ class CausalSelfAttention(nn.Module, ABC):
         self.qkv = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)  # residual projection (scaled init)
         self.rope = RotaryEmbedding(self.head_dim, block_size, rope_base) if rope else None
+        self.short_conv = short_conv
+        channels = (n_head + 2 * n_kv_head) * self.head_dim  # q, k and v side by side
+        self.qkv_conv = ShortConvolution(channels, short_conv) if short_conv else None
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -90,7 +125,12 @@ class CausalSelfAttention(nn.Module, ABC):
         start = 0 if cache is None else cache.length
         if start + T > self.block_size:
             raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
-        q, k, v = self.split_heads(x)
+        conv_cache = None
+        if isinstance(cache, ShortConvCache):  # the variant's decode sees only its own cache
+            conv_cache, cache = cache, cache.core
+        elif cache is not None and self.qkv_conv is not None:
+            raise ValueError("a layer with short_conv decodes from its own new_cache()")
+        q, k, v = self.split_heads(x, conv_cache)
         g = self.gates(x)  # (B, H, T, G) or None
         att = None
         if cache is not None:
@@ -104,10 +144,19 @@ class CausalSelfAttention(nn.Module, ABC):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
 
-    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, C) -> projected q (B, H, T, D), k and v (B, H_kv, T, D), before RoPE."""
+    def split_heads(
+        self, x: Tensor, conv_cache: ShortConvCache | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) -> projected (and short-convolved) q (B, H, T, D), k and v
+        (B, H_kv, T, D), before RoPE. With `conv_cache`, x continues the inputs it holds and
+        the cache advances; without, x starts the sequence."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
+        qkv = self.qkv(x)  # (B, T, (H + 2 H_kv) D)
+        if self.qkv_conv is not None:
+            qkv, state = self.qkv_conv(qkv, None if conv_cache is None else conv_cache.conv)
+            if conv_cache is not None:
+                conv_cache.conv = state
+        q, k, v = qkv.split(
             [self.n_embd, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
         )
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -124,7 +173,8 @@ class CausalSelfAttention(nn.Module, ABC):
 
     def project(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) at positions start.. -> q (B, H, T, D), k and v (B, H_kv, T, D); RoPE
-        applied to q and k. The inputs of the core (analysis tools read q and k here)."""
+        applied to q and k. The inputs of the core (analysis tools read q and k here), short
+        convolution included (its window starts at x[:, 0]: zeros before it)."""
         q, k, v = self.split_heads(x)
         return (*self.apply_rope(q, k, start), v)
 
@@ -162,8 +212,10 @@ class CausalSelfAttention(nn.Module, ABC):
     def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         """The (B, H, T, T) matrix this variant applies to v."""
 
+    @_with_conv_state
     def new_cache(self) -> Any:
-        """An empty decoding cache for this layer (default: keep q, k, v of the window)."""
+        """An empty decoding cache for this layer (default: keep q, k, v of the window);
+        with short_conv, inside a `ShortConvCache` (as every subclass's `new_cache`)."""
         return QKVCache(self.block_size)
 
     def decode(
