@@ -215,7 +215,7 @@ BAD_CONFIGS = [
     (["optim.on_nonfinite_loss=halt"], "Invalid value 'halt', expected one of [stop, skip]"),
     (["resume=yes"], "Invalid value 'yes', expected one of [auto]"),
     (["data.tokenizer=bytes"], "Invalid value 'bytes', expected one of [char, bpe]"),
-    (["data=copy", "data.eval_fraction=a_lot"], "could not be converted to Float"),
+    (["data.val_fraction=a_lot"], "could not be converted to Float"),
     (["data=nope"], "Available options in 'data'"),
     (["attention=performer", "attention.nb_features=0"], "nb_features must be >= 1"),
     (["attention=sliding_window", "attention.window=0"], "window must be >= 1"),
