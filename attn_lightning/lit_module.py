@@ -38,6 +38,8 @@ class LitGPT(L.LightningModule):
         optim: lr, min_lr, warmup_steps, decay_steps, betas, weight_decay, on_nonfinite_loss,
             max_nonfinite_skips.
         tokenizer: the tokenizer's state dict (`_target_` plus its vocabulary).
+        layer_attention: {layer index: attention config} for the layers of a hybrid stack that
+            do not use `attention` (None or empty: every layer does).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class LitGPT(L.LightningModule):
         attention: dict[str, Any],
         optim: dict[str, Any],
         tokenizer: dict[str, Any],
+        layer_attention: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -62,8 +65,12 @@ class LitGPT(L.LightningModule):
                 f"model.vocab_size={model['vocab_size']} but the tokenizer has {vocab_size} "
                 "tokens: drop the override (the model follows the data config)"
             )
+        hybrid = {}  # only when given: a plain stack is built exactly as before
+        if layer_attention:
+            layers = {key: instantiate(cfg) for key, cfg in layer_attention.items()}
+            hybrid["layer_attention"] = layers
         self.model: GPT = instantiate(
-            model, vocab_size=vocab_size, attention=instantiate(attention)
+            model, vocab_size=vocab_size, attention=instantiate(attention), **hybrid
         )
         # Characters each token decodes to, for bits per character (not saved: derived).
         chars = [len(self.tokenizer.decode([i])) for i in range(vocab_size)]

@@ -50,6 +50,7 @@ class RunRecord:
     peak_memory_scope: str | None = None  # run (reset at fit start) or process
     attention_option: str | None = None  # the config option, `attention=gqa`: the variant's name
     attention: dict[str, Any] = field(default_factory=dict)  # its resolved config (_target_, ...)
+    attention_layout: list[str] | None = None  # each layer's variant, ["gla", "vanilla", ...]
     params: int | None = None  # as GPT.num_params counts them
     step: int | None = None  # optimizer steps trained
     metrics: dict[str, float] = field(default_factory=dict)  # final values, fit then test
@@ -63,6 +64,12 @@ class RunRecord:
         """The attention variant by its config option (gqa and mqa share a class); records of
         earlier versions have only the class name."""
         return self.attention_option or class_name(self.attention.get("_target_"))
+
+    @property
+    def attention_label(self) -> str:
+        """The variant with the layers of a hybrid stack that differ from it (`gla+vanilla@1`);
+        the variant alone for a plain stack and for records without a layout."""
+        return layout_label(self.variant, self.attention_layout or [])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
@@ -133,6 +140,27 @@ def variant_name(attention: Mapping[str, Any]) -> str:
     return chosen_option("attention") or class_name(attention.get("_target_"))
 
 
+def layout_label(main: str, layout: list[str]) -> str:
+    """`gla`, ["gla", "vanilla", "gla", "vanilla"] -> `gla+vanilla@1,3`: the main variant, then
+    each other variant with the layers that use it."""
+    others: dict[str, list[str]] = {}
+    for index, name in enumerate(layout):
+        if name != main:
+            others.setdefault(name, []).append(str(index))
+    return main + "".join(f"+{name}@{','.join(layers)}" for name, layers in others.items())
+
+
+def attention_layout(module: L.LightningModule) -> list[str]:
+    """Each layer's variant: `attention`'s option, or for a layer of `layer_attention` the
+    option its override chose (Hydra records `attention@layer_attention.<i>`); class names
+    outside a Hydra run."""
+    layout = [variant_name(module.hparams["attention"])] * len(module.model.blocks)
+    for key, cfg in (module.hparams.get("layer_attention") or {}).items():
+        option = chosen_option(f"attention@layer_attention.{key}")
+        layout[int(key)] = option or class_name(cfg.get("_target_"))
+    return layout
+
+
 def read_record(run_dir: str | Path) -> RunRecord | None:
     """The run's record; None when there is none or it cannot be read (a report must not die
     on one damaged run)."""
@@ -161,6 +189,7 @@ def record_training(
             trainer.default_root_dir,
             attention_option=chosen_option("attention"),
             attention=dict(module.hparams["attention"]),
+            attention_layout=attention_layout(module),
             params=module.model.num_params(),
             step=trainer.global_step,
             metrics=dict(metrics),

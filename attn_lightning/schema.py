@@ -76,6 +76,9 @@ class TrainConfig:
 
     model: Any = MISSING
     attention: Any = MISSING
+    # {layer index: attention config} for the layers that do not use `attention` (hybrid
+    # stacks, filled by `+attention@layer_attention.<i>=<option>`)
+    layer_attention: dict[str, Any] = MISSING
     data: Any = MISSING
     trainer: Any = MISSING
     logger: Any = MISSING

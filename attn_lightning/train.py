@@ -68,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         attention=plain(cfg.attention),
         optim=plain(cfg.optim),
         tokenizer=datamodule.tokenizer.state_dict(),
+        layer_attention=plain(cfg.layer_attention) or None,
     )
     trainer = build_trainer(cfg)
     for logger in trainer.loggers:

@@ -25,8 +25,9 @@ STEPS_TRAINED = "steps trained"
 
 
 def attention_name(run: Run) -> str:
-    """The run's variant by its config option (`gqa`; the class name in older records)."""
-    return run.record.variant if run.record else ""
+    """The run's variant by its config option (`gqa`; the class name in older records), with
+    a hybrid stack's other layers (`gla+vanilla@1`)."""
+    return run.record.attention_label if run.record else ""
 
 
 def params(run: Run) -> int | None:
@@ -37,8 +38,8 @@ def is_vanilla(run: Run) -> bool:
     record = run.record
     if record is None:
         return False
-    if record.attention_option is not None:
-        return record.attention_option == VANILLA
+    if record.attention_option is not None:  # a hybrid stack is no vanilla reference
+        return record.attention_label == VANILLA
     return record.variant == "VanillaAttention"  # a record from before option names
 
 

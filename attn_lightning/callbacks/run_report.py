@@ -23,7 +23,12 @@ from attn_lightning.analysis.report import render_report
 from attn_lightning.analysis.stats import LOCAL_WINDOW, head_statistics
 from attn_lightning.atomic import write_text
 from attn_lightning.callbacks.validation_probe import first_validation_inputs
-from attn_lightning.run_record import update_record, variant_name
+from attn_lightning.run_record import (
+    attention_layout,
+    layout_label,
+    update_record,
+    variant_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +114,8 @@ class RunReport(L.Callback):
         config["model"] = {k: v for k, v in hparams["model"].items() if k != "_target_"}
         config["model"]["parameters"] = pl_module.model.num_params()
         config["attention"] = {k: v for k, v in hparams["attention"].items() if k != "_partial_"}
+        if hparams.get("layer_attention"):  # a hybrid stack: each layer's variant
+            config["attention_layout"] = attention_layout(pl_module)
         config["optim"] = dict(hparams["optim"])
         config["trainer"] = {
             "max_steps": trainer.max_steps,
@@ -166,7 +173,7 @@ class RunReport(L.Callback):
                 ("Attention distance per head", FIGURES["distance"]),
             ]
         report = render_report(
-            title=f"Run report: {variant_name(pl_module.hparams['attention'])}",
+            title=f"Run report: {self.attention_label(pl_module)}",
             config=self.config(trainer, pl_module),
             metrics=self.metrics,
             figures=figures,
@@ -178,6 +185,12 @@ class RunReport(L.Callback):
         update_record(out, attention_mask=self.mask(pl_module), **recorded)
         log.info("report written to %s", path)
         return path
+
+    @staticmethod
+    def attention_label(pl_module: L.LightningModule) -> str:
+        """The variant, with a hybrid stack's other layers (`gla+vanilla@1`)."""
+        main = variant_name(pl_module.hparams["attention"])
+        return layout_label(main, attention_layout(pl_module))
 
     def mask(self, pl_module: L.LightningModule) -> list[str]:
         """Which (query, key) pairs layer 0 connects at T = max_tokens, as rows of '0'/'1'

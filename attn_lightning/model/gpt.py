@@ -3,7 +3,9 @@ blocks with a GELU MLP, tied output head, GPT-2 initialisation.
 
 The model never imports a concrete attention variant. It receives `attention`, a factory
 (a class or a `functools.partial`) called once per layer as
-`attention(n_embd=..., n_head=..., block_size=..., dropout=..., bias=...)`.
+`attention(n_embd=..., n_head=..., block_size=..., dropout=..., bias=...)`. A hybrid stack
+names the exceptions in `layer_attention`, {layer index: factory}: those layers call their own
+factory, the others `attention`.
 
 Generation decodes incrementally: each layer keeps a cache of its own kind (keys/values for
 the softmax family, a recurrent state for kernel attention; see attention/base.py) and
@@ -19,7 +21,7 @@ discard). Incremental decoding pays off while the context fits in block_size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +33,25 @@ from attn_lightning.errors import ConfigError
 
 AttentionFactory = Callable[..., CausalSelfAttention]
 POS_EMBEDDINGS = ("learned", "none")
+
+
+def layer_factories(
+    attention: AttentionFactory,
+    layer_attention: Mapping[int | str, AttentionFactory] | None,
+    n_layer: int,
+) -> list[AttentionFactory]:
+    """The factory of each layer: `attention`, except the layers `layer_attention` names (keys
+    are layer indices, as ints or as the strings a config holds)."""
+    factories = [attention] * n_layer
+    for key, factory in (layer_attention or {}).items():
+        index = key if isinstance(key, int) else int(key) if str(key).isdigit() else -1
+        if isinstance(key, bool) or not 0 <= index < n_layer:
+            raise ConfigError(
+                f"layer_attention.{key}: no such layer in a model of model.n_layer={n_layer}; "
+                f"name a layer index 0..{n_layer - 1}"
+            )
+        factories[index] = factory
+    return factories
 
 
 class GPTOutput(NamedTuple):
@@ -82,6 +103,7 @@ class GPT(nn.Module):
         dropout: float = 0.0,
         bias: bool = False,
         pos_embedding: str = "learned",
+        layer_attention: Mapping[int | str, AttentionFactory] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -97,6 +119,7 @@ class GPT(nn.Module):
             raise ConfigError(
                 f"model.pos_embedding={pos_embedding!r} is unknown; choose one of {POS_EMBEDDINGS}"
             )
+        factories = layer_factories(attention, layer_attention, n_layer)
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
@@ -104,14 +127,14 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(
-                attention(
+                factory(
                     n_embd=n_embd, n_head=n_head, block_size=block_size, dropout=dropout, bias=bias
                 ),
                 n_embd,
                 dropout,
                 bias,
             )
-            for _ in range(n_layer)
+            for factory in factories
         )
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
