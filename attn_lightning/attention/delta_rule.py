@@ -1,0 +1,208 @@
+"""The delta rule with an optional per-token decay: the core of DeltaNet and Gated DeltaNet.
+
+With the state kept as S (D_k x D_v) (o_t = S_t^T q_t, the papers' S transposed), unit keys,
+write strengths β_t in (0, 1) and decays α_t in (0, 1] (α_t = 1: plain DeltaNet),
+
+    S_t = α_t (I - β_t k_t k_t^T) S_{t-1} + β_t k_t v_t^T,   o_t = S_t^T q_t
+
+i.e. S_t = α_t S_{t-1} + k_t u_t^T with the corrected value u_t = β_t (v_t - α_t S_{t-1}^T k_t):
+the state's prediction for k_t moves a fraction β_t of the way to v_t. Three forms that agree:
+
+- chunked (training, prefill; Yang et al. 2024, "Parallelizing Linear Transformers with the
+  Delta Rule over Sequence Length", the UT transform): inside a chunk of C positions, with
+  γ_i = Π_{j<=i} α_j from the chunk start and Γ_ij = γ_i / γ_j (j <= i),
+      (I + A) U = diag(β) V - diag(β γ) K S_0,   A_ij = β_i Γ_ij k_i·k_j  (j < i),
+  one unit-triangular solve per chunk; then O = diag(γ) Q S_0 + (Q K^T ⊙ Γ ⊙ M) U and
+  S_C = γ_C S_0 + (K ⊙ Γ_Cj)^T U carry a (D_k x D_v) state across chunks; never a (T, D, D)
+  tensor of prefix states;
+- recurrent (decoding): the update above, one token at a time, O(1) per token;
+- materialised: the core is linear in v, O = M_att V with
+      M_att = (Q K^T ⊙ Γ ⊙ M) (I + A)^{-1} diag(β)   over the whole sequence (S_0 = 0).
+
+Decays enter as log α (per head and token), so products are exp of differences of cumulative
+sums and never a ratio of underflowing products. `DeltaRuleAttention` runs the three forms as an
+attention core; a variant gives only its gates (β, and optionally log α) through `gates(x)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.errors import ConfigError
+
+
+class DeltaRuleState:
+    """The recurrent state of one layer: S (B, H, D_k, D_v)."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.S: Tensor | None = None
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)  # the triangular solve wants >= fp32
+
+
+def _decay_matrix(b: Tensor) -> Tensor:
+    """Cumulative log decays b (..., C) -> Γ ⊙ M (..., C, C): exp(b_i - b_j) for j <= i, else 0."""
+    C = b.size(-1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
+    return (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+
+
+def chunked_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    log_alpha: Tensor | None = None,
+    chunk_size: int = 64,
+    state: DeltaRuleState | None = None,
+) -> Tensor:
+    """q, k: (B, H, T, D_k) unit vectors; v: (B, H, T, D_v); beta, log_alpha: (B, H, T)
+    -> (B, H, T, D_v). Continues from `state` and advances it when one is given."""
+    dtype = v.dtype
+    q, k, v, beta = (x.to(_compute_dtype(v)) for x in (q, k, v, beta))
+    log_alpha = torch.zeros_like(beta) if log_alpha is None else log_alpha.to(beta.dtype)
+    B, H, T, K = k.shape
+    V = v.size(-1)
+    C = min(chunk_size, T)
+    pad = (-T) % C  # padded positions: k = v = 0, β = 0, α = 1; they change nothing
+    q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    beta, log_alpha = F.pad(beta, (0, pad)), F.pad(log_alpha, (0, pad))
+    N = (T + pad) // C
+    qc, kc, vc = q.view(B, H, N, C, K), k.view(B, H, N, C, K), v.view(B, H, N, C, V)
+    beta = beta.view(B, H, N, C, 1)
+    b = log_alpha.view(B, H, N, C).cumsum(-1)  # (B, H, N, C) log γ_i from the chunk start
+    decay = _decay_matrix(b)  # (B, H, N, C, C) Γ ⊙ M, diagonal included
+    gamma = b.exp()[..., None]  # (B, H, N, C, 1)
+    to_end = (b[..., -1:] - b).exp()[..., None]  # (B, H, N, C, 1) Γ_Cj: from j to chunk end
+
+    # UT transform: (I + A) [U_0 | W] = [diag(β) V | diag(β γ) K], then U = U_0 - W S_0
+    A = (beta * (kc @ kc.transpose(-2, -1)) * decay).tril(-1)  # (B, H, N, C, C) strictly lower
+    eye = torch.eye(C, dtype=A.dtype, device=A.device)
+    rhs = torch.cat((beta * vc, beta * gamma * kc), dim=-1)  # (B, H, N, C, D_v + D_k)
+    u0, w = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True).split(
+        [V, K], dim=-1
+    )
+    scores = (qc @ kc.transpose(-2, -1)) * decay  # (B, H, N, C, C) inside each chunk
+
+    S = q.new_zeros(B, H, K, V) if state is None or state.S is None else state.S.to(q.dtype)
+    outputs = []
+    for n in range(N):  # across chunks: a running (D_k x D_v) state
+        u = u0[:, :, n] - w[:, :, n] @ S  # (B, H, C, D_v) corrected values
+        outputs.append((qc[:, :, n] * gamma[:, :, n]) @ S + scores[:, :, n] @ u)
+        S = gamma[:, :, n, -1:] * S + (kc[:, :, n] * to_end[:, :, n]).transpose(-2, -1) @ u
+    if state is not None:
+        state.S = S
+        state.length += T
+    return torch.cat(outputs, dim=2)[:, :, :T].to(dtype)  # (B, H, T, D_v)
+
+
+def recurrent_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    log_alpha: Tensor | None,
+    state: DeltaRuleState,
+) -> Tensor:
+    """The RNN form, one token at a time: q, k (B, H, T, D_k), v (B, H, T, D_v), beta and
+    log_alpha (B, H, T)."""
+    dtype = v.dtype
+    q, k, v, beta = (x.to(_compute_dtype(v)) for x in (q, k, v, beta))
+    B, H, T, K = k.shape
+    if state.S is None:
+        state.S = q.new_zeros(B, H, K, v.size(-1))
+    S = state.S.to(q.dtype)
+    outputs = []
+    for t in range(T):
+        k_t, v_t = k[:, :, t], v[:, :, t]  # (B, H, D_k), (B, H, D_v)
+        if log_alpha is not None:
+            S = log_alpha[:, :, t, None, None].to(S.dtype).exp() * S  # α_t S_{t-1}
+        u_t = beta[:, :, t, None] * (v_t - (k_t[..., None, :] @ S).squeeze(-2))  # (B, H, D_v)
+        S = S + k_t[..., :, None] * u_t[..., None, :]  # (B, H, D_k, D_v)
+        outputs.append((q[:, :, t, None, :] @ S).squeeze(-2))
+    state.S = S
+    state.length += T
+    return torch.stack(outputs, dim=2).to(dtype)
+
+
+def delta_rule_matrix(
+    q: Tensor, k: Tensor, beta: Tensor, log_alpha: Tensor | None = None
+) -> Tensor:
+    """The equivalent (B, H, T, T) matrix M_att = (Q K^T ⊙ Γ ⊙ M) (I + A)^{-1} diag(β)."""
+    dtype = q.dtype
+    q, k, beta = (x.to(_compute_dtype(q)) for x in (q, k, beta))
+    log_alpha = torch.zeros_like(beta) if log_alpha is None else log_alpha.to(beta.dtype)
+    decay = _decay_matrix(log_alpha.cumsum(-1))  # (B, H, T, T)
+    A = (beta[..., None] * (k @ k.transpose(-2, -1)) * decay).tril(-1)
+    eye = torch.eye(q.size(2), dtype=A.dtype, device=A.device)
+    solved = torch.linalg.solve_triangular(
+        eye + A, torch.diag_embed(beta), upper=False, unitriangular=True
+    )  # (B, H, T, T) (I + A)^{-1} diag(β)
+    return (((q @ k.transpose(-2, -1)) * decay) @ solved).to(dtype)
+
+
+class DeltaRuleAttention(CausalSelfAttention):
+    """The delta-rule core on q, k normalised as φ(x) = SiLU(x) / ||SiLU(x)||_2 (Yang et al.
+    2024's best feature map; fla's layers do the same), in its chunked, recurrent and
+    materialised forms. A subclass supplies `gates(x)`: (B, H, T, 1) holding β, or
+    (B, H, T, 2) holding β and log α. Without gates (a caller timing the core alone),
+    β = 1 and α = 1.
+
+    Conventions (checked against fla's naive.py references and layers):
+    - no 1/sqrt(D) on q and no per-head output RMSNorm (nor Gated DeltaNet's output gate):
+      with unit k and β in (0, 1], I - β k k^T is a contraction, so the state's answers stay
+      on v's scale and the output needs no rescaling to train; fla scales q by 1/sqrt(D)
+      because its RMSNorm undoes the scale. A norm of the output would be non-linear in v and
+      break `attention_matrix(q, k, g) @ v == attend(q, k, v, g)`;
+    - SiLU on q and k only (the feature map), not on v (fla's SiLU on v comes with its short
+      convolution, as here with `short_conv`); with `rope`, the rotation comes before φ
+      (norm-preserving, so k stays a unit vector)."""
+
+    def __init__(self, *args: Any, chunk_size: int = 64, eps: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if chunk_size < 1:
+            raise ConfigError(f"attention.chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.eps = eps
+        self.attn_dropout = nn.Identity()  # no dropout on an implicit matrix
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, H, T, D) queries or keys -> unit vectors φ(x) (B, H, T, D). With short_conv the
+        convolution's SiLU is φ's SiLU (one SiLU, as in fla's layers)."""
+        x = x if getattr(self, "qkv_conv", None) is not None else F.silu(x)
+        return F.normalize(x, dim=-1, eps=self.eps)
+
+    def write_and_decay(self, g: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Gates (B, H, T, G) -> β (B, H, T) and log α (B, H, T) or None (no decay)."""
+        if g is None:
+            return like.new_ones(like.shape[:3]), None
+        return g[..., 0], (g[..., 1] if g.size(-1) > 1 else None)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
+        beta, log_alpha = self.write_and_decay(g, q)
+        q, k = self.features(q), self.features(k)
+        return chunked_delta_rule(q, k, v, beta, log_alpha, self.chunk_size)
+
+    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
+        beta, log_alpha = self.write_and_decay(g, q)
+        return delta_rule_matrix(self.features(q), self.features(k), beta, log_alpha)
+
+    def new_cache(self) -> DeltaRuleState:
+        return DeltaRuleState()
+
+    def decode(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: DeltaRuleState, g: Tensor | None = None
+    ) -> Tensor:
+        beta, log_alpha = self.write_and_decay(g, q)
+        q, k, v = self.features(q), self.features(self.repeat_kv(k)), self.repeat_kv(v)
+        if q.size(2) == 1:
+            return recurrent_delta_rule(q, k, v, beta, log_alpha, cache)
+        return chunked_delta_rule(q, k, v, beta, log_alpha, self.chunk_size, cache)
