@@ -123,7 +123,7 @@ def analyze(cfg: DictConfig) -> dict[str, Path]:
     """Run every analysis; returns {description: file written}."""
     device = resolve_device(cfg.device)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
-    module = load_checkpoint(ckpt_path, map_location=device)
+    module = load_checkpoint(ckpt_path, map_location=device, trusted=cfg.trust_targets)
     model, tokenizer = module.model, module.tokenizer
     run_dir = run_dir_of(ckpt_path)
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else run_dir / "analysis"

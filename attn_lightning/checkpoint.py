@@ -7,13 +7,18 @@ one, never a half-written file under a checkpoint's name.
 Reading: `torch.load(weights_only=True)` unpickles only tensors and plain containers, so a
 file carrying a pickled object (which could run code) is refused. Our checkpoints contain only
 such data: the hyperparameters and tokenizer are plain dicts. The `_target_` entries in them
-are checked too, since instantiating them calls code: only `attn_lightning.*` is accepted.
+are checked too, since instantiating them calls code: only `attn_lightning.*` is accepted,
+plus what the reader trusts explicitly (`trusted`: module prefixes or whole targets). A
+training run trusts the `_target_`s its own config names (`config_targets`), so a run with the
+user's own attention class reloads its own checkpoints; sampling or analysing such a file
+elsewhere needs `trust_targets=[my_attention]`.
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +38,41 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         torch.save(obj, f)
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file safely, with an error that says what is wrong and what to do."""
+def config_targets(*configs: Any) -> tuple[str, ...]:
+    """Every `_target_` the given configs (plain containers) name outside attn_lightning.*:
+    what a run that was started with them may trust in its own checkpoints."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and not is_trusted(str(target), ()):
+                found.append(str(target))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for config in configs:
+        walk(config)
+    return tuple(dict.fromkeys(found))
+
+
+def is_trusted(target: str, trusted: Iterable[str]) -> bool:
+    """attn_lightning.* always; else `target` is one of `trusted` or inside one of them as a
+    module prefix (`my_attention` trusts `my_attention.MyAttention`)."""
+    trusted = tuple(str(t) for t in trusted)
+    prefixes = [TRUSTED_TARGET_PREFIX, *(f"{t.rstrip('.')}." for t in trusted)]
+    return target in trusted or any(target.startswith(prefix) for prefix in prefixes)
+
+
+def read_checkpoint(
+    path: str | Path, map_location: Any = "cpu", trusted: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Load a checkpoint file safely, with an error that says what is wrong and what to do.
+    `trusted`: `_target_`s (or their module prefixes) beyond attn_lightning.* that it may
+    name."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(
@@ -56,36 +94,45 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict inside)")
-    _check_targets(checkpoint.get("hyper_parameters", {}), path)
+    _check_targets(checkpoint.get("hyper_parameters", {}), path, tuple(trusted))
     return checkpoint
 
 
-def _check_targets(node: Any, path: Path) -> None:
+def _check_targets(node: Any, path: Path, trusted: tuple[str, ...]) -> None:
     if isinstance(node, dict):
         target = node.get("_target_")
-        if target is not None and not str(target).startswith(TRUSTED_TARGET_PREFIX):
+        if target is not None and not is_trusted(str(target), trusted):
+            module = str(target).rpartition(".")[0] or str(target)
             raise CheckpointError(
                 f"refused to load {path}: its config names _target_={target!r}, outside "
-                f"{TRUSTED_TARGET_PREFIX}*; building it would call arbitrary code"
+                f"{TRUSTED_TARGET_PREFIX}*; building it would run that code. If you trust this "
+                f"file and that code, pass trust_targets=[{module}]"
             )
         for value in node.values():
-            _check_targets(value, path)
+            _check_targets(value, path, trusted)
     elif isinstance(node, list):
         for value in node:
-            _check_targets(value, path)
+            _check_targets(value, path, trusted)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitGPT:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", trusted: Sequence[str] = ()
+) -> LitGPT:
     """Rebuild a trained LitGPT (model and tokenizer) from a checkpoint file alone, read
-    safely, in eval mode."""
-    checkpoint = read_checkpoint(path, map_location)
+    safely, in eval mode (`trusted`: as in `read_checkpoint`)."""
+    checkpoint = read_checkpoint(path, map_location, trusted)
     module = LitGPT(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     return module.to(map_location).eval()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O with atomic writes and safe, explained reads."""
+    """Lightning's checkpoint I/O with atomic writes and safe, explained reads (`trusted`:
+    what its reads accept beyond attn_lightning.*; train.py sets the run's own targets)."""
+
+    def __init__(self, trusted: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.trusted = tuple(trusted)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -95,4 +142,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return read_checkpoint(path, "cpu" if map_location is None else map_location)
+        return read_checkpoint(path, "cpu" if map_location is None else map_location, self.trusted)
+
+
+def trust_in_run(trainer: Any, trusted: Sequence[str]) -> None:
+    """Let the trainer's checkpoint I/O (when it is ours) read checkpoints naming `trusted`:
+    `trainer.test(ckpt_path="best")` and resuming reload the run's own files through it."""
+    checkpoint_io = getattr(trainer.strategy, "checkpoint_io", None)
+    if isinstance(checkpoint_io, AtomicCheckpointIO):
+        checkpoint_io.trusted = tuple(trusted)

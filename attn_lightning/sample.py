@@ -20,7 +20,7 @@ def resolve_device(name: str) -> torch.device:
 def sample(cfg: DictConfig) -> str:
     """The prompt followed by `max_new_tokens` generated tokens."""
     device = resolve_device(cfg.device)
-    module = load_checkpoint(cfg.ckpt_path, map_location=device)
+    module = load_checkpoint(cfg.ckpt_path, map_location=device, trusted=cfg.trust_targets)
     idx = module.tokenizer.encode(cfg.prompt)[None].to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out = module.model.generate(

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attn_lightning.checkpoint import read_checkpoint
+from attn_lightning.checkpoint import config_targets, read_checkpoint, trust_in_run
 from attn_lightning.config import CONFIG_DIR, print_config
 from attn_lightning.csv_logger import ResumableCSVLogger
 from attn_lightning.ddp_multirun import ddp_job_scope
@@ -40,6 +40,12 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}
 
 
+def own_targets(cfg: DictConfig) -> tuple[str, ...]:
+    """The `_target_`s outside attn_lightning.* that this run's model and attention configs
+    name (a user's own attention class): its own checkpoints may name them."""
+    return config_targets(plain(cfg.model), plain(cfg.attention))
+
+
 def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
     """`ckpt_path`, or with `resume=auto` this run dir's last.ckpt when there is one, and the
     step it continues from. The file is checked now, so a bad checkpoint fails before any
@@ -51,7 +57,7 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
         log.info("resume=auto: %s", f"resuming from {last}" if path else f"no {last}, fresh start")
     if path is None:
         return None, 0
-    return path, int(read_checkpoint(path).get("global_step", 0))
+    return path, int(read_checkpoint(path, trusted=own_targets(cfg)).get("global_step", 0))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -71,6 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         layer_attention=plain(cfg.layer_attention) or None,
     )
     trainer = build_trainer(cfg)
+    trust_in_run(trainer, own_targets(cfg))  # test(ckpt_path="best") reloads this run's files
     for logger in trainer.loggers:
         if isinstance(logger, ResumableCSVLogger):
             logger.resume_at(resume_step)  # keep the rows logged before the checkpoint

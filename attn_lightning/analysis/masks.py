@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 
 def connectivity(attn: nn.Module, T: int, n_embd: int, seed: int = 0) -> Tensor:
-    """(T, T) bool: True where output position i (row) depends on input position j (column).
+    """(T, T) bool: True where output position i (row) depends on input position j (column)."""
+    return dependence(attn, T, n_embd, seed) > 0
+
+
+def dependence(attn: nn.Module, T: int, n_embd: int, seed: int = 0) -> Tensor:
+    """(T, T) float: |d y_i / d x_j| summed over channels, output position i (row), input
+    position j (column); the contract check reads how much a query reads a later key here.
 
     One backward pass: a batch of T copies of one random sequence, copy i's gradient taken from
     its output at position i alone."""
@@ -27,4 +33,4 @@ def connectivity(attn: nn.Module, T: int, n_embd: int, seed: int = 0) -> Tensor:
         (grad,) = torch.autograd.grad(y[rows, rows].sum(), x)  # copy i: d y_i / d x
     finally:
         attn.train(was_training)
-    return grad.abs().sum(-1) > 0  # (T, T): row i from copy i
+    return grad.abs().sum(-1)  # (T, T): row i from copy i

@@ -64,6 +64,14 @@ def random_inputs(settings: Settings, length: int) -> tuple[Tensor, Tensor, Tens
     )  # type: ignore[return-value]
 
 
+def random_layer_input(settings: Settings, length: int) -> Tensor:
+    """x (B, T, n_embd) standard normal, from which a gated variant computes its gates (the
+    same for every variant at this length; drawn on the CPU)."""
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + length + 1)
+    shape = (settings.batch_size, length, settings.heads * settings.head_dim)
+    return torch.randn(shape, generator=generator).to(settings.device, DTYPES[settings.dtype])
+
+
 def row_cosine(a: Tensor, b: Tensor) -> float:
     """Mean over rows (the last dim is a row) of the cosine similarity, in float32 or wider."""
     return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())
@@ -71,11 +79,16 @@ def row_cosine(a: Tensor, b: Tensor) -> float:
 
 @torch.no_grad()
 def quality(
-    module: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor, matrix_limit: float
+    module: CausalSelfAttention,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    matrix_limit: float,
+    g: Tensor | None = None,
 ) -> tuple[float, float]:
     """Cosine of the output and of the attention matrix to exact causal softmax on the same
-    core inputs (matrix NaN when B*H*T*T float32 values exceed matrix_limit bytes)."""
-    out = module.core(q, k, v)
+    core inputs and gates (matrix NaN when B*H*T*T float32 values exceed matrix_limit bytes)."""
+    out = module.core(q, k, v, g)
     q, k, v = module.core_inputs(q, k, v)  # what the core saw: RoPE, heads repeated
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
     output_cosine = row_cosine(out, exact)
@@ -83,7 +96,7 @@ def quality(
     matrix_bytes = B * H * T * T * 4  # float32
     if matrix_bytes > matrix_limit:
         return output_cosine, math.nan
-    return output_cosine, row_cosine(module.attention_matrix(q, k), exact_softmax(q, k))
+    return output_cosine, row_cosine(module.attention_matrix(q, k, g), exact_softmax(q, k))
 
 
 def estimate_peak(history: Sequence[tuple[int, int]], length: int, settings: Settings) -> float:
@@ -141,6 +154,7 @@ def measure(
             v[:, :n_kv].contiguous().requires_grad_(),
         ]
         tensors_with_grad = [*leaves, *module.parameters()]
+        x = random_layer_input(settings, length)  # the gates' input (gated variants only)
 
         def clear_grads() -> None:
             for tensor in tensors_with_grad:
@@ -148,13 +162,16 @@ def measure(
 
         def call() -> None:
             clear_grads()
-            module.core(*leaves).backward(grad)
+            g = module.gates(x)  # (B, H, T, G) or None; in the call: its backward is timed too
+            module.core(*leaves, g).backward(grad)
 
         seconds = time_calls(call, settings.warmup, settings.repeats, settings.time_limit, device)
         clear_grads()
         peak = peak_memory(call, device)
         clear_grads()
-        output_cosine, matrix_cosine = quality(module, *leaves, settings.matrix_limit)
+        with torch.no_grad():
+            g = module.gates(x)
+        output_cosine, matrix_cosine = quality(module, *leaves, settings.matrix_limit, g)
     except MeasurementTimeout as error:
         log(f"{name} T={length}: timeout ({error})")
         return Measurement(name, length, "timeout")
