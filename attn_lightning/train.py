@@ -42,8 +42,9 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 def own_targets(cfg: DictConfig) -> tuple[str, ...]:
     """The `_target_`s outside attn_lightning.* that this run's model and attention configs
-    name (a user's own attention class): its own checkpoints may name them."""
-    return config_targets(plain(cfg.model), plain(cfg.attention))
+    (hybrid layers included) name, a user's own attention class: its checkpoints may name them."""
+    groups = ("model", "attention", "layer_attention")
+    return config_targets(*(plain(cfg[group]) for group in groups if cfg.get(group)))
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:

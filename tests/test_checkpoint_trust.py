@@ -58,3 +58,21 @@ def test_a_run_trusts_exactly_the_foreign_targets_of_its_own_config(tmp_path: Pa
     assert loaded["hyper_parameters"]["attention"]["_target_"] == OWN
     with pytest.raises(CheckpointError):
         AtomicCheckpointIO().load_checkpoint(saved(tmp_path, OWN))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["attention._target_=my_attention.MyAttention"],
+        ["+attention@layer_attention.1=vanilla", "layer_attention.1._target_=" + OWN],
+    ],
+)
+def test_a_training_config_trusts_its_own_class_wherever_it_names_it(overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from attn_lightning.config import CONFIG_DIR
+    from attn_lightning.train import own_targets
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        assert own_targets(compose("train", overrides=overrides)) == (OWN,)
+        assert own_targets(compose("train")) == ()
