@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from attn_lightning.analysis.masks import dependence
 from attn_lightning.analysis.scaling import scaling_exponent
+from attn_lightning.analysis.state_size import cache_bytes
 from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.bench.attention.settings import Settings
 from attn_lightning.bench.attention.timing import MeasurementTimeout, time_calls
@@ -269,35 +270,6 @@ def check_decoding(module: CausalSelfAttention, sizes: ContractSizes) -> CheckRe
         position=first,
         values={"max_error": error},
     )
-
-
-def held_tensors(obj: Any, seen: set[int] | None = None) -> Iterator[Tensor]:
-    """Every tensor an object holds, through attributes, slots, containers and nested
-    objects (modules excluded: a cache that points back at its layer does not own its
-    weights); each object visited once."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen or isinstance(obj, nn.Module):
-        return
-    seen.add(id(obj))
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from held_tensors(value, seen)
-    elif isinstance(obj, list | tuple | set | frozenset):
-        for value in obj:
-            yield from held_tensors(value, seen)
-    else:
-        for name in getattr(type(obj), "__slots__", ()):
-            yield from held_tensors(getattr(obj, name, None), seen)
-        for value in getattr(obj, "__dict__", {}).values():
-            yield from held_tensors(value, seen)
-
-
-def cache_bytes(cache: Any) -> int:
-    """Bytes of the tensors the cache holds (each tensor once; a view counts its own
-    elements, the state it represents, not the buffer it may sit in)."""
-    return sum(t.numel() * t.element_size() for t in held_tensors(cache))
 
 
 def check_decoding_state(module: CausalSelfAttention, sizes: ContractSizes) -> CheckResult:
