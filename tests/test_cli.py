@@ -64,21 +64,13 @@ def test_checkpoint_alone_rebuilds_model_and_samples_text(single_run: Path, data
     first = run_cli("attn_lightning.sample", args, single_run, data_dir).stdout
     assert first.startswith("ROMEO:")
     assert len(first.rstrip("\n")) >= len("ROMEO:") + 30
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
+    from attn_lightning.config import CONFIG_DIR
     from attn_lightning.sample import sample
 
-    cfg = OmegaConf.create(
-        {
-            "ckpt_path": str(ckpt),
-            "prompt": "ROMEO:",
-            "max_new_tokens": 40,
-            "temperature": 0.8,
-            "top_k": 200,
-            "seed": 3,
-            "device": "cpu",
-        }
-    )
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("sample", overrides=[*args, "device=cpu"])
     assert sample(cfg) == first.removesuffix("\n")  # same seed, same text
 
 
