@@ -217,6 +217,8 @@ BAD_CONFIGS = [
     (["data.tokenizer=bytes"], "Invalid value 'bytes', expected one of [char, bpe]"),
     (["data.val_fraction=a_lot"], "could not be converted to Float"),
     (["data=nope"], "Available options in 'data'"),
+    (["experiment=compare_atention"], "Could not find 'experiment/compare_atention'"),
+    (["hparams_search=optuan"], "Could not find 'hparams_search/optuan'"),
     (["attention=performer", "attention.nb_features=0"], "nb_features must be >= 1"),
     (["attention=sliding_window", "attention.window=0"], "window must be >= 1"),
     (["attention=nystrom", "attention.num_landmarks=7"], "num_landmarks"),
