@@ -32,7 +32,8 @@ SHORT = [  # fewer steps and evaluation examples than the presets, same model
 SHORT_RUNS = [
     pytest.param("copy", 300, 0.5, id="copy"),
     pytest.param("sorting", 500, 0.3, id="sorting", marks=pytest.mark.slow),
-    pytest.param("arithmetic", 800, 0.5, id="arithmetic", marks=pytest.mark.slow),
+    # 800 steps gave 0.165 on this CPU (torch 2.13) at this commit and the one before it
+    pytest.param("arithmetic", 1500, 0.5, id="arithmetic", marks=pytest.mark.slow),
 ]
 
 
