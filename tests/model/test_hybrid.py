@@ -88,6 +88,7 @@ def hybrid_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return run_dir
 
 
+@pytest.mark.slow  # a training run end to end (~30 s); run with -m slow
 def test_the_command_line_builds_the_hybrid_and_its_checkpoint_rebuilds_it(hybrid_run: Path):
     module = load_checkpoint(hybrid_run / "checkpoints" / "last.ckpt")
     classes = [type(block.attn) for block in module.model.blocks]
