@@ -6,8 +6,8 @@ merges them into what is there and rewrites the file atomically:
 - the sweep report (Hydra callback) at job start: status `running`, overrides, the settings a
   fair comparison shares, the process; at job end: status `completed`/`failed`, error, wall time;
 - `train()` after fit and after test: the variant (config option and config), parameter count,
-  steps trained, final metrics. These are what every comparison needs, so no optional
-  callback owns them;
+  the decoding state's bytes per sequence at the block size, steps trained, final metrics.
+  These are what every comparison needs, so no optional callback owns them;
 - the memory monitor: whether its peaks are the run's own or the process's;
 - the run report: what only it computes (attention pattern, statistics, layer-0 mask).
 A run killed midway keeps `running`; a dir without the file has no record (`incomplete`).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -29,10 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 
+from attn_lightning.analysis.state_size import decoding_state_bytes
 from attn_lightning.atomic import write_text
 
 if TYPE_CHECKING:
     import lightning as L
+
+    from attn_lightning.model.gpt import GPT
+
+log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 
@@ -52,6 +58,8 @@ class RunRecord:
     attention: dict[str, Any] = field(default_factory=dict)  # its resolved config (_target_, ...)
     attention_layout: list[str] | None = None  # each layer's variant, ["gla", "vanilla", ...]
     params: int | None = None  # as GPT.num_params counts them
+    decoding_state_bytes: int | None = None  # per sequence, all layers (analysis/state_size.py)
+    decoding_state_context: int | None = None  # ... after this many tokens: the block size
     step: int | None = None  # optimizer steps trained
     metrics: dict[str, float] = field(default_factory=dict)  # final values, fit then test
     attention_pattern: list[list[float]] | None = None  # (T, T), mean over layers and heads
@@ -179,6 +187,20 @@ def update_record(run_dir: str | Path, **values: Any) -> Path:
     return write_text(Path(run_dir) / SUMMARY, text)
 
 
+def decoding_state(model: GPT) -> dict[str, int | None]:
+    """The record's decoding-state fields: bytes per sequence at the full block size (one
+    forward of block_size tokens at batch 1). A layer whose cache cannot be measured (a
+    user's own class with a broken decode) leaves them empty with a warning: the run's
+    other results are recorded all the same."""
+    context = model.block_size
+    try:
+        size = decoding_state_bytes(model, context)
+    except Exception as error:  # any failure of user code: reported, not raised
+        log.warning("decoding state not recorded: %s: %s", type(error).__name__, error)
+        return {"decoding_state_bytes": None, "decoding_state_context": None}
+    return {"decoding_state_bytes": size, "decoding_state_context": context}
+
+
 def record_training(
     trainer: L.Trainer, module: L.LightningModule, metrics: dict[str, float]
 ) -> None:
@@ -191,6 +213,7 @@ def record_training(
             attention=dict(module.hparams["attention"]),
             attention_layout=attention_layout(module),
             params=module.model.num_params(),
+            **decoding_state(module.model),
             step=trainer.global_step,
             metrics=dict(metrics),
         )

@@ -41,6 +41,11 @@ from attn_lightning.analysis.comparison_plots import (
 from attn_lightning.analysis.plots import save_png
 from attn_lightning.analysis.report import markdown_table
 from attn_lightning.analysis.runs import Run, load_runs
+from attn_lightning.analysis.tradeoff_plots import (
+    STATE_FIGURE,
+    THROUGHPUT_FIGURE,
+    tradeoff_figures,
+)
 from attn_lightning.atomic import write_text
 
 FIGURES = {
@@ -50,6 +55,8 @@ FIGURES = {
     "attention_entropy.png": "Attention entropy per layer",
     "attention_distance.png": "Attention distance per layer",
     "attention_masks.png": "Which (query, key) pairs each run's attention connects",
+    STATE_FIGURE: "Quality against decoding-state size",
+    THROUGHPUT_FIGURE: "Quality against training tokens/s",
 }
 
 
@@ -217,6 +224,7 @@ def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[
             {labels[r.label]: r.record.attention_mask if r.record else None for r in runs}
         ),
     }
+    figures.update(tradeoff_figures(rows, labels))
     written += [save_png(fig, out / name) for name, fig in figures.items()]
     return written
 

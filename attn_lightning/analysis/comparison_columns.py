@@ -186,6 +186,17 @@ def _memory_mark(row: Row) -> str:
     return f" ({row['peak_memory_kind']}){shared}"
 
 
+def decoding_state_kib(run: Run) -> float | None:
+    """KiB per sequence of the decoding state at the recorded context (run_record.py)."""
+    size = run.record.decoding_state_bytes if run.record else None
+    return None if size is None else size / 1024
+
+
+def _context_mark(row: Row) -> str:
+    context = row["decoding_state_context"]
+    return f" @{context}" if context is not None else ""
+
+
 def _wall_time(run: Run, _: Sweep) -> float | None:
     if run.record is None or status_and_error(run)[0] == "incomplete":
         return None
@@ -220,6 +231,17 @@ COLUMNS: tuple[Column, ...] = (
         lambda run, sweep: (
             run.label in sweep.shared_process if peak_memory(run)[0] is not None else None
         ),
+    ),
+    Column(
+        "decoding_state_kib",
+        lambda run, _: decoding_state_kib(run),
+        "state KiB/seq @T",
+        ",.1f",
+        _context_mark,
+    ),
+    Column(
+        "decoding_state_context",
+        lambda run, _: run.record.decoding_state_context if run.record else None,
     ),
     Column("wall_time_s", _wall_time, "wall s", ".1f"),
     Column("differs_from_others", lambda run, sweep: ";".join(sweep.flags[run.label])),

@@ -1,0 +1,118 @@
+"""What a variant's quality costs: final quality against decoding-state size (Zoology's
+recall-memory plot, Arora et al. 2023: a recurrent state buys its speed with what it can
+recall) and against training throughput. One point per run, coloured by attention variant.
+
+Quality is the sweep's task accuracy when some run logged one (higher is better), else its
+validation loss (lower is better); the axis says which. Runs without either value are named
+below the plot, as in the other comparison figures (comparison_plots.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from matplotlib.figure import Figure
+
+from attn_lightning.analysis.plots import new_figure
+
+Row = Mapping[str, Any]  # a row of comparison_rows (analysis/comparison_columns.py)
+
+# The comparison columns that measure quality, in order of preference: (column, axis label).
+QUALITY = (
+    ("val_answer_token_acc", "val answer-token accuracy (higher is better)"),
+    ("val_exact_match", "val exact match (higher is better)"),
+    ("val_loss", "val loss, nats/token (lower is better)"),
+)
+STATE_FIGURE = "quality_vs_state_size.png"
+THROUGHPUT_FIGURE = "quality_vs_tokens_per_sec.png"
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+class Point(NamedTuple):
+    x: float | None
+    quality: float | None
+    variant: str  # the colour: runs of one variant share it
+
+
+def quality_column(rows: Sequence[Row]) -> tuple[str, str]:
+    """The first quality column some run has a value for (val loss when none has)."""
+    for column, label in QUALITY:
+        if any(row.get(column) is not None for row in rows):
+            return column, label
+    return QUALITY[-1]
+
+
+def quality_scatter(
+    points: Mapping[str, Point], title: str, x_label: str, quality_label: str, log_x: bool
+) -> Figure:
+    """Quality (y) against a cost (x), one labelled point per run; a note without data."""
+    shown = {
+        label: p
+        for label, p in points.items()
+        if _finite(p.x) and _finite(p.quality) and (p.x > 0 or not log_x)
+    }
+    fig = new_figure(7.0, 4.5)
+    ax = fig.subplots()
+    ax.set_title(title)
+    if not shown:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No run has both values.", ha="center", va="center", fontsize=10)
+        return fig
+    for variant in dict.fromkeys(p.variant for p in shown.values()):
+        mine = {label: p for label, p in shown.items() if p.variant == variant}
+        ax.scatter([p.x for p in mine.values()], [p.quality for p in mine.values()], label=variant)
+        for label, p in mine.items():
+            ax.annotate(
+                label, (p.x, p.quality), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(quality_label)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    missing = [label for label in points if label not in shown]
+    if missing:
+        fig.supxlabel(f"no data: {', '.join(missing)}", fontsize=7)
+    return fig
+
+
+def _context(rows: Sequence[Row]) -> str:
+    """`T=64` (or `T=56, 64`): the context lengths the state sizes were measured at."""
+    contexts = sorted({r["decoding_state_context"] for r in rows} - {None})
+    return "T=" + ", ".join(str(c) for c in contexts) if contexts else "T unknown"
+
+
+def tradeoff_figures(rows: Sequence[Row], labels: Mapping[str, str]) -> dict[str, Figure]:
+    """The two figures by file name, from the comparison's rows (`labels`: job -> label)."""
+    column, quality_label = quality_column(rows)
+
+    def points(x: str, scale: float = 1.0) -> dict[str, Point]:
+        return {
+            labels[r["job"]]: Point(
+                None if r[x] is None else r[x] * scale, r.get(column), r["attention"] or "?"
+            )
+            for r in rows
+        }
+
+    return {
+        STATE_FIGURE: quality_scatter(
+            points("decoding_state_kib", 1024.0),
+            f"Quality against decoding state ({_context(rows)})",
+            f"decoding state, bytes per sequence at {_context(rows)} (log)",
+            quality_label,
+            log_x=True,
+        ),
+        THROUGHPUT_FIGURE: quality_scatter(
+            points("tokens_per_sec_median"),
+            "Quality against training throughput",
+            "training tokens/s (median of the logged intervals; noisy on a shared machine)",
+            quality_label,
+            log_x=False,
+        ),
+    }
