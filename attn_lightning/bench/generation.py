@@ -6,7 +6,9 @@ recomputation of the cropped context for every new token.
 
 Model sizes default to the training config (conf/model/gpt.yaml, block size from the data
 config; random init, vocabulary 65). Both modes decode
-greedily from the same prompt; the table says whether they produced the same tokens.
+greedily from the same prompt; the table says whether they produced the same tokens, and
+how many bytes per sequence the decoding state holds at the full block size
+(analysis/state_size.py).
 
 Note on the default regime: with block_size 64 and a 64-token prompt the context is cropped
 from the first new token on. Full recomputation then sees a window that starts one token later
@@ -26,6 +28,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from attn_lightning.analysis.state_size import decoding_state_bytes
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.model.gpt import GPT
@@ -79,9 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         prompt = torch.randint(VOCAB_SIZE, (1, args.prompt_len), generator=generator)
         with torch.inference_mode():
             fast, slow, same = time_generation(model, prompt, args.new_tokens, args.repeats)
+        state_kib = decoding_state_bytes(model, model.block_size) / 1024
         rows.append(
             f"| {name} | {args.new_tokens / fast:,.0f} | {args.new_tokens / slow:,.0f} | "
-            f"{slow / fast:.2f}x | {'yes' if same else 'NO'} |"
+            f"{slow / fast:.2f}x | {state_kib:,.1f} | {'yes' if same else 'NO'} |"
         )
     print(
         f"Greedy generation of {args.new_tokens} tokens from a {args.prompt_len}-token prompt, "
@@ -90,9 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| attention | incremental tokens/s | full recomputation tokens/s "
-        "| speed-up | same tokens |"
+        "| speed-up | state KiB/seq @block_size | same tokens |"
     )
-    print("|---|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---|")
     print("\n".join(rows))
 
 

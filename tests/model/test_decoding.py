@@ -90,3 +90,11 @@ def test_generation_benchmark_prints_a_row_per_variant(capsys: pytest.CaptureFix
     ]
     assert len(rows) == 2
     assert all(row.endswith("| yes |") for row in rows), table
+    # the default model (4 layers, 4 heads of 32) at block 16, fp32: vanilla's k and v of 16
+    # positions; the Performer's S (111 x 32) and z (111) per head, 111 = round(32 ln 32)
+    vanilla_kib = 4 * 2 * 4 * 16 * 32 * 4 / 1024
+    performer_kib = 4 * 4 * (111 * 32 + 111) * 4 / 1024
+    assert [row.split("|")[5].strip() for row in rows] == [
+        f"{vanilla_kib:.1f}",
+        f"{performer_kib:.1f}",
+    ]
