@@ -146,6 +146,34 @@ class TaskDataConfig:
     eval_seed: int = MISSING
 
 
+@dataclass
+class MQARSettingConfig:
+    """One (sequence length, number of key-value pairs) of MQAR."""
+
+    seq_len: int = MISSING
+    num_kv_pairs: int = MISSING
+
+
+@dataclass
+class MQARDataConfig:
+    """conf/data/mqar.yaml (attn_lightning/data/mqar_datamodule.py)."""
+
+    _target_: str = MISSING
+    vocab_size: int = MISSING
+    block_size: int = MISSING
+    train_settings: list[MQARSettingConfig] = MISSING
+    test_settings: list[MQARSettingConfig] = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    val_size: int = MISSING
+    test_size: int = MISSING
+    power_alpha: float = MISSING
+    random_non_queries: bool = MISSING
+    eval_fraction: float = MISSING
+    seed: int = MISSING
+    eval_seed: int = MISSING
+
+
 def register_schemas() -> None:
     """Store the schemas under the names the YAML defaults lists use (idempotent)."""
     store = ConfigStore.instance()
@@ -153,3 +181,4 @@ def register_schemas() -> None:
     store.store(group="model", name="gpt_schema", node=GPTConfig)
     store.store(group="data", name="shakespeare_schema", node=ShakespeareDataConfig)
     store.store(group="data", name="task_schema", node=TaskDataConfig)
+    store.store(group="data", name="mqar_schema", node=MQARDataConfig)
