@@ -77,13 +77,19 @@ class LitGPT(L.LightningModule):
         self.register_buffer("token_chars", torch.tensor(chars), persistent=False)
         self.stage_metrics = nn.ModuleDict({s: StageMetrics(vocab_size) for s in EVAL_STAGES})
         self.answer_metrics = False  # set in setup() from the datamodule
+        self.teacher_forced_answers = False
         self.test_splits: tuple[str, ...] = LanguageModelData.test_splits
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if isinstance(datamodule, LanguageModelData):
             self.answer_metrics = datamodule.answer_metrics
+            self.teacher_forced_answers = datamodule.teacher_forced_answers
             self.test_splits = datamodule.test_splits
+            for split in self.test_splits:  # splits named by the data config (MQAR settings)
+                if split not in self.stage_metrics:
+                    metrics = StageMetrics(self.tokenizer.vocab_size).to(self.device)
+                    self.stage_metrics[split] = metrics
 
     def forward(self, idx: Tensor, targets: Tensor | None = None):
         return self.model(idx, targets)
@@ -121,7 +127,11 @@ class LitGPT(L.LightningModule):
         metrics = self.stage_metrics[stage]
         metrics.update_language_model(out.loss, out.logits, y, self.token_chars)
         if self.answer_metrics:
-            exact = exact_matches(greedy_answers(self.model, x, y), y)
+            if self.teacher_forced_answers:
+                produced = out.logits.argmax(-1)
+            else:
+                produced = greedy_answers(self.model, x, y)
+            exact = exact_matches(produced, y)
             metrics.update_answers(out.logits, y, exact)
         shown = ("loss", "exact_match")  # on the progress bar
         for name, metric in metrics.named(self.answer_metrics).items():

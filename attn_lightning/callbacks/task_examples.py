@@ -13,15 +13,24 @@ from attn_lightning.training.answers import greedy_answers
 
 
 def example_rows(
-    module: L.LightningModule, inputs: torch.Tensor, targets: torch.Tensor
+    module: L.LightningModule,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_forced: bool = False,
 ) -> list[tuple[str, str, str]]:
-    """(prompt, expected, produced) for each row: greedy decoding, as `val/exact_match`."""
+    """(prompt, expected, produced) for each row, as `val/exact_match` scores it: greedy
+    decoding after the prompt, or with `teacher_forced` (answers scattered through the input,
+    MQAR) the argmax at every answer position, the prompt then being the input up to the last
+    answer."""
     decode = module.tokenizer.decode
-    produced = greedy_answers(module.model, inputs, targets)
+    if teacher_forced:
+        produced = module.model(inputs).logits.argmax(-1)
+    else:
+        produced = greedy_answers(module.model, inputs, targets)
     rows = []
     for x, y, p in zip(inputs.tolist(), targets.tolist(), produced.tolist(), strict=True):
         kept = [j for j, t in enumerate(y) if t != IGNORE]
-        prompt = decode(x[: kept[0] + 1])
+        prompt = decode(x[: kept[-1 if teacher_forced else 0] + 1])
         rows.append((prompt, decode([y[j] for j in kept]), decode([p[j] for j in kept])))
     return rows
 
@@ -42,7 +51,13 @@ class TaskExamples(L.Callback):
         inputs, targets = datamodule.eval_set("val")[: self.num_examples]
         was_training = pl_module.training
         pl_module.eval()
-        rows = example_rows(pl_module, inputs.to(pl_module.device), targets.to(pl_module.device))
+        with torch.no_grad():
+            rows = example_rows(
+                pl_module,
+                inputs.to(pl_module.device),
+                targets.to(pl_module.device),
+                teacher_forced=datamodule.teacher_forced_answers,
+            )
         pl_module.train(was_training)
         lines = ["| prompt | expected | produced | |", "| --- | --- | --- | --- |"]
         for prompt, expected, produced in rows:
