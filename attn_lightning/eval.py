@@ -6,8 +6,8 @@ variants: every length scores the same targets of the split (the windows are exp
 attn_lightning/analysis/context_length.py); at the training length over the whole test split the
 loss is the run's own `test/loss`. A run dir stands for its best checkpoint, the one the test
 after fit evaluated. Writes to `output_dir`: `context_length.md` and `.csv` (model, length,
-loss, perplexity, bits per character, targets, windows), `loss_vs_length.png` (one line per
-checkpoint, the training length marked) and `eval_config.yaml`.
+loss, perplexity, bits per character, targets, windows), `loss_vs_length.png` (`plot`: one
+line per checkpoint, the training lengths marked) and `eval_config.yaml`.
 
 Longer than training: the model is rebuilt for block_size = L with the trained weights, and used
 only if it is the same function on the trained length. Refused before any evaluation, one line
@@ -42,6 +42,7 @@ from attn_lightning.analyze import data_config, run_dir_of
 from attn_lightning.atomic import write_text
 from attn_lightning.checkpoint import load_checkpoint
 from attn_lightning.config import CONFIG_DIR
+from attn_lightning.data.shakespeare import ShakespeareDataModule
 from attn_lightning.errors import CheckpointError, ConfigError, exit_on_user_error
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.model.gpt import GPT
@@ -68,14 +69,16 @@ class Checkpoint:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    """The run's best checkpoint: checkpoints/ holds last.ckpt and the best one (save_top_k=1 in
-    conf/callbacks/default.yaml), which the test after fit evaluated."""
-    found = sorted(p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
+    """The checkpoint the run's test after fit evaluated: its best one (checkpoints/ holds
+    last.ckpt and, with save_top_k=1 in conf/callbacks/default.yaml, the best), else, in a run
+    that never validated, last.ckpt (the test then used the final weights)."""
+    checkpoints = run_dir / "checkpoints"
+    found = sorted(p for p in checkpoints.glob("*.ckpt") if p.name != "last.ckpt")
+    if not found and (checkpoints / "last.ckpt").is_file():
+        return checkpoints / "last.ckpt"
     if len(found) != 1:
-        what = "no checkpoint but last.ckpt" if not found else f"{len(found)} checkpoints"
-        raise CheckpointError(
-            f"{run_dir}/checkpoints holds {what}: name the checkpoint file in ckpts=[...]"
-        )
+        what = "no checkpoint" if not found else f"{len(found)} checkpoints besides last.ckpt"
+        raise CheckpointError(f"{checkpoints} holds {what}: name the file in ckpts=[...]")
     return found[0]
 
 
@@ -192,7 +195,7 @@ def split_tokens(cfg: DictConfig, checkpoint: Checkpoint, split: str) -> torch.T
     module = checkpoint.module
     data_cfg, source = data_config(cfg, run_dir_of(checkpoint.path), module.model.block_size)
     datamodule = instantiate(data_cfg)
-    if not hasattr(datamodule, "splits"):
+    if not isinstance(datamodule, ShakespeareDataModule):
         raise ConfigError(
             f"{checkpoint.path} was trained on {data_cfg.get('_target_')} ({source}), which has "
             "no token stream to cut at other lengths: eval measures text corpora "
@@ -245,8 +248,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, list[LengthResult]], dict[str, 
         lengths = sorted({c.training_length for c in checkpoints})
     plans = []
     for checkpoint in checkpoints:  # every refusal first
-        key = "lengths" if len(checkpoints) == 1 else f"lengths (for {checkpoint.path})"
-        models = {n: model_at_length(checkpoint.module, n, key) for n in lengths}
+        try:
+            models = {n: model_at_length(checkpoint.module, n, "lengths") for n in lengths}
+        except ConfigError as error:
+            if len(checkpoints) == 1:
+                raise
+            raise ConfigError(f"{checkpoint.path}: {error}") from None
         tokens = split_tokens(cfg, checkpoint, split)
         plans.append(
             (checkpoint, models, tokens, common_span(len(tokens), lengths, cfg.max_tokens))
@@ -301,11 +308,12 @@ def write_outputs(
     files = {
         "table": write_text(out / "context_length.md", "\n".join(lines) + "\n"),
         "csv": write_text(out / "context_length.csv", results_csv(results)),
-        "plot": save_png(loss_against_length(results, training), out / "loss_vs_length.png"),
-        "config": write_text(
-            out / "eval_config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved), resolve=True)
-        ),
     }
+    if cfg.plot:
+        figure = loss_against_length(results, training)
+        files["plot"] = save_png(figure, out / "loss_vs_length.png")
+    config = OmegaConf.to_yaml(OmegaConf.create(saved), resolve=True)
+    files["config"] = write_text(out / "eval_config.yaml", config)
     return files
 
 

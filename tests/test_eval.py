@@ -127,7 +127,9 @@ def trained_run(corpus, tmp_path_factory) -> tuple[Path, float]:
 
 def eval_config(tmp: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("eval", overrides=[f"output_dir='{tmp}'", "device=cpu", *overrides])
+        # no plot (2 s of matplotlib here) unless a test asks for it
+        options = [f"output_dir='{tmp}'", "device=cpu", "plot=false"]
+        return compose("eval", overrides=[*options, *overrides])
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -156,7 +158,9 @@ def test_training_length_reproduces_the_runs_test_loss(trained_run, tmp_path) ->
 def test_every_length_scores_the_same_targets(trained_run, corpus, tmp_path) -> None:
     run_dir, _ = trained_run
     lengths = [4, 8, 16, 32, 64]
-    _, files = evaluate(eval_config(tmp_path, f"ckpts=['{run_dir}']", "lengths=[64,8,4,32,16]"))
+    _, files = evaluate(
+        eval_config(tmp_path, f"ckpts=['{run_dir}']", "lengths=[64,8,4,32,16]", "plot=true")
+    )
     rows = read_rows(files["csv"])
     assert [int(r["length"]) for r in rows] == lengths  # one row per length, in order
     targets = (len(held_out(corpus[1])) - 1) // 64 * 64  # the largest multiple of every length
@@ -164,8 +168,28 @@ def test_every_length_scores_the_same_targets(trained_run, corpus, tmp_path) -> 
     assert [int(r["windows"]) for r in rows] == [targets // n for n in lengths]
     for r in rows:
         assert float(r["ppl"]) == pytest.approx(math.exp(float(r["loss"])), rel=1e-6)
+        assert float(r["bpc"]) == pytest.approx(float(r["loss"]) / math.log(2), rel=1e-6)
     assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| ALiBiAttention, pos none | 32 |" in files["table"].read_text()
+
+
+def test_several_checkpoints_share_one_table(trained_run, tmp_path) -> None:
+    """A run dir and its best checkpoint file are the same model: two labelled rows per
+    length with equal losses; max_tokens caps the targets (to a multiple of every length)."""
+    run_dir, _ = trained_run
+    ckpts = f"ckpts=['{run_dir}','{best_checkpoint(run_dir)}']"
+    results, files = evaluate(eval_config(tmp_path, ckpts, "lengths=[8,32]", "max_tokens=200"))
+    first, second = results
+    assert second == f"{first} (2)"
+    assert results[first] == results[second]
+    rows = read_rows(files["csv"])
+    assert [(r["model"], int(r["length"])) for r in rows] == [
+        (first, 8),
+        (first, 32),
+        (second, 8),
+        (second, 32),
+    ]
+    assert {int(r["tokens"]) for r in rows} == {192}  # 200 // 32 * 32
 
 
 def test_shorter_and_longer_lengths_match_the_loss_by_hand(trained_run, corpus, tmp_path) -> None:
