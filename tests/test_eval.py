@@ -6,6 +6,7 @@ take are refused before any work, in one line with exit 2."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import quiet_trainer, run_module
+from helpers import TINY, quiet_trainer, run_cli, run_dirs, run_module
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -289,3 +290,20 @@ def test_the_cli_refuses_in_one_line(corpus, tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: lengths=64: model.pos_embedding=learned has 16")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # two subprocesses: a training run of the CLI, then the eval CLI (~1-2 min here)
+def test_the_cli_reproduces_the_recorded_test_loss(corpus, tmp_path) -> None:
+    """As a user runs it: train (TINY, pos none + ALiBi), then `attn_lightning.eval` on the run
+    dir at the default length: the loss equals summary.json's test/loss."""
+    text_file, _ = corpus
+    train = [*TINY, f"data.path={text_file}", "attention=alibi", "model.pos_embedding=none"]
+    run_cli("attn_lightning", train, tmp_path, tmp_path / "data")
+    (run_dir,) = run_dirs(tmp_path / "outputs")
+    recorded = json.loads((run_dir / "summary.json").read_text())["metrics"]["test/loss"]
+    args = [f"ckpts=[{run_dir}]", f"output_dir={tmp_path / 'eval'}"]
+    proc = run_cli("attn_lightning.eval", args, tmp_path, tmp_path / "data")
+    (row,) = read_rows(tmp_path / "eval" / "context_length.csv")
+    assert int(row["length"]) == 32  # TINY's data.block_size
+    assert float(row["loss"]) == pytest.approx(recorded, rel=1e-5)
+    assert "loss_vs_length.png" in proc.stdout

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attn_lightning.analysis.arms import deliberate_settings
 from attn_lightning.analysis.report import flatten
 from attn_lightning.analysis.runs import Run
 
@@ -65,9 +66,10 @@ def differences(runs: Sequence[Run]) -> tuple[dict[str, list[str]], dict[str, di
     """Which runs differ from the others, and in what.
 
     Returns ({run label: keys where it differs from the majority}, {key: {run label: value}})
-    for every key with more than one value. On a tie (no majority value) every run is flagged."""
+    for every key with more than one value. On a tie (no majority value) every run is flagged.
+    The seed of a sweep over seeds differs on purpose: it is not compared (arms.py)."""
     values = {r.label: comparable(r) for r in runs}
-    keys = sorted({k for v in values.values() for k in v})
+    keys = sorted({k for v in values.values() for k in v} - deliberate_settings(runs))
     flags: dict[str, list[str]] = {r.label: [] for r in runs}
     differing: dict[str, dict[str, str]] = {}
     for key in keys:
