@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from attn_lightning.analysis.plots import new_figure
 
@@ -72,6 +73,12 @@ def quality_scatter(
             )
     if log_x:
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2 x 10^1
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # 1, 2, 5, 10, 20, ...
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="both", labelsize=7)
+    ax.margins(x=0.3, y=0.1)  # room for the point labels
     ax.set_xlabel(x_label)
     ax.set_ylabel(quality_label)
     ax.grid(alpha=0.3, which="both")
@@ -92,19 +99,14 @@ def tradeoff_figures(rows: Sequence[Row], labels: Mapping[str, str]) -> dict[str
     """The two figures by file name, from the comparison's rows (`labels`: job -> label)."""
     column, quality_label = quality_column(rows)
 
-    def points(x: str, scale: float = 1.0) -> dict[str, Point]:
-        return {
-            labels[r["job"]]: Point(
-                None if r[x] is None else r[x] * scale, r.get(column), r["attention"] or "?"
-            )
-            for r in rows
-        }
+    def points(x: str) -> dict[str, Point]:
+        return {labels[r["job"]]: Point(r[x], r.get(column), r["attention"] or "?") for r in rows}
 
     return {
         STATE_FIGURE: quality_scatter(
-            points("decoding_state_kib", 1024.0),
+            points("decoding_state_kib"),
             f"Quality against decoding state ({_context(rows)})",
-            f"decoding state, bytes per sequence at {_context(rows)} (log)",
+            f"decoding state, KiB per sequence at {_context(rows)} (log scale)",
             quality_label,
             log_x=True,
         ),

@@ -49,16 +49,16 @@ def test_task_accuracy_is_the_quality_when_a_run_logged_it_else_val_loss():
     assert quality_column(no_accuracy)[0] == "val_loss"
 
 
-def test_state_figure_puts_each_run_at_its_bytes_on_a_log_axis():
+def test_state_figure_puts_each_run_at_its_state_size_on_a_log_axis():
     fig = tradeoff_figures(ROWS, LABELS)[STATE_FIGURE]
     (ax,) = fig.axes
     assert ax.get_xscale() == "log"
     assert points(fig) == {
-        (256 * 1024.0, 0.99): "vanilla",
-        (256 * 1024.0, 0.97): "vanilla",
-        (66 * 1024.0, 0.4): "linear",
+        (256.0, 0.99): "vanilla",
+        (256.0, 0.97): "vanilla",
+        (66.0, 0.4): "linear",
     }
-    assert "bytes per sequence at T=64" in ax.get_xlabel()
+    assert "KiB per sequence at T=64" in ax.get_xlabel()
     assert "accuracy" in ax.get_ylabel()
     assert "no data: run3" in fig.get_supxlabel()
 
