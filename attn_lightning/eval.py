@@ -155,6 +155,8 @@ def model_at_length(module: LitGPT, length: int, key: str) -> GPT:
         raise ConfigError(f"{key}={length}: the model cannot be built that long: {error}") from None
     trained_state = model.state_dict()
     for name, value in longer.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # extra state (Performer's draw): no shape
+            continue
         shape = tuple(trained_state[name].shape)
         if tuple(value.shape) != shape:
             raise ConfigError(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, quiet_trainer, run_cli, run_dirs, run_module
+from helpers import SMALL_OPTIONS, TINY, quiet_trainer, run_cli, run_dirs, run_module
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -24,10 +24,11 @@ from attn_lightning.checkpoint import load_checkpoint
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.shakespeare import ShakespeareDataModule
-from attn_lightning.errors import exit_on_user_error
+from attn_lightning.errors import ConfigError, exit_on_user_error
 from attn_lightning.eval import best_checkpoint, evaluate, model_at_length
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.model.gpt import GPT
+from attn_lightning.variants import variant_config, variant_names, variant_options
 
 BLOCK = 16
 WORDS = ["the", "king", "queen", "of", "and", "to", "my", "lord", "thou", "art", "is", "a"]
@@ -222,6 +223,37 @@ def test_shorter_and_longer_lengths_match_the_loss_by_hand(trained_run, corpus, 
         nats = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
         assert result.loss == pytest.approx(nats / span, rel=1e-5)
         assert result.tokens == span
+
+
+def test_every_variant_extends_past_training_or_is_refused() -> None:
+    """Past the training length (pos none), each conf/attention variant's rebuilt model gives
+    the trained model's logits on the first 32 positions (causal: a longer context changes no
+    earlier logit), or is refused: Linformer (compressions sized by block_size) and
+    Nyströmformer (segments of block_size / num_landmarks) alone."""
+    tokenizer = CharTokenizer("abcdefgh").state_dict()
+    optim = {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 0, "decay_steps": 1}
+    optim |= {"betas": [0.9, 0.99], "weight_decay": 0.0}
+    model = {"_target_": "attn_lightning.model.gpt.GPT", "n_layer": 1, "n_head": 4}
+    model |= {"n_embd": 32, "block_size": 32, "pos_embedding": "none"}
+    x = torch.randint(0, 8, (2, 96), generator=torch.Generator().manual_seed(0))
+    refused = set()
+    for name in variant_names():
+        options = variant_options(name)
+        attention = dict(variant_config(name)) | {
+            k: v for k, v in SMALL_OPTIONS.items() if k in options
+        }
+        torch.manual_seed(0)
+        module = LitGPT(model, attention, optim, tokenizer).eval()
+        try:
+            longer = model_at_length(module, 96, "lengths")
+        except ConfigError as error:
+            assert str(error).startswith("lengths=96: ") and "evaluate lengths <= 32" in str(error)
+            refused.add(name)
+            continue
+        with torch.no_grad():
+            logits, trained = longer(x).logits[:, :32], module.model(x[:, :32]).logits
+        torch.testing.assert_close(logits, trained, atol=1e-5, rtol=1e-4, msg=name)
+    assert refused == {"linformer", "nystrom"}
 
 
 def refusal(cfg: DictConfig, capsys: pytest.CaptureFixture) -> str:
