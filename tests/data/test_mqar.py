@@ -216,3 +216,18 @@ def test_preset_composes_with_the_model_following_the_data():
     assert cfg.model.block_size == cfg.data.block_size == 64
     assert (cfg.model.n_layer, cfg.model.n_embd) == (2, 64)  # Zoology's smallest point
     assert cfg.data.train_settings == [{"seq_len": 64, "num_kv_pairs": 4}]
+
+
+def test_comparison_lists_the_accuracy_of_each_test_setting_in_length_order(tmp_path):
+    from attn_lightning.analysis.comparison_columns import Sweep, test_split_accuracies
+    from attn_lightning.analysis.runs import Run
+
+    series = {
+        "test/answer_token_acc": [(9, 0.6)],
+        "test_L64_kv16/answer_token_acc": [(9, 0.25)],
+        "test_L64_kv4/answer_token_acc": [(5, 0.1), (9, 1.0)],
+        "test_L64_kv4/loss": [(9, 0.01)],
+    }
+    run = Run("0", tmp_path, None, [], series)
+    assert test_split_accuracies(run, Sweep.of([run])) == "L64_kv4 1.000, L64_kv16 0.250"
+    assert test_split_accuracies(Run("1", tmp_path, None, [], {}), Sweep.of([run])) is None
