@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -199,6 +200,18 @@ def _context_mark(row: Row) -> str:
     return f" @{context}" if context is not None else ""
 
 
+def test_split_accuracies(run: Run, _: Sweep) -> str | None:
+    """`L64_kv4 1.000, L64_kv8 0.912`: the answer accuracy of each named test split beside
+    `test` (MQAR's settings, a task's `long`); None for runs without such splits."""
+    metrics = set(run.series) | set(run.record.metrics if run.record else ())
+    names = sorted(
+        (m for m in metrics if m.startswith("test_") and m.endswith("/answer_token_acc")),
+        key=lambda m: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", m)],
+    )
+    values = [(m.split("/")[0].removeprefix("test_"), run.final(m)) for m in names]
+    return ", ".join(f"{split} {v:.3f}" for split, v in values if v is not None) or None
+
+
 def _wall_time(run: Run, _: Sweep) -> float | None:
     if run.record is None or status_and_error(run)[0] == "incomplete":
         return None
@@ -223,6 +236,7 @@ COLUMNS: tuple[Column, ...] = (
     _final("val_exact_match", "val/exact_match", "val exact", ".3f"),
     _final("test_answer_token_acc", "test/answer_token_acc", "test answer acc", ".3f"),
     _final("test_exact_match", "test/exact_match", "test exact", ".3f"),
+    Column("test_split_answer_acc", test_split_accuracies, "answer acc per test split"),
     Column(
         "tokens_per_sec_median", lambda run, _: tokens_per_sec(run), "tokens/s (median)", ",.0f"
     ),
