@@ -31,6 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attn_lightning.analysis.context_length import (
     LengthResult,
+    Logits,
     common_span,
     loss_against_length,
     loss_at_length,
@@ -235,6 +236,10 @@ def load_checkpoints(cfg: DictConfig, device: torch.device) -> list[Checkpoint]:
     return checkpoints
 
 
+def model_logits(model: GPT) -> Logits:
+    return lambda idx: model(idx).logits
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, list[LengthResult]], dict[str, Path]]:
     """Every checkpoint at every length; returns {label: results} and {description: file}.
     Everything that can be refused is refused before the first evaluation."""
@@ -263,25 +268,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, list[LengthResult]], dict[str, 
 
     results: dict[str, list[LengthResult]] = {}
     for checkpoint, models, tokens, span in plans:
-        token_chars = checkpoint.module.token_chars
-        results[checkpoint.label] = []
+        rows = results.setdefault(checkpoint.label, [])
         for length, model in models.items():
-            result = loss_at_length(
-                lambda idx, m=model: m(idx).logits,
-                tokens,
-                length,
-                span,
-                token_chars,
-                cfg.batch_tokens,
-            )
-            log.info(
-                "%s at %d: loss %.4f over %d targets",
-                checkpoint.label,
-                length,
-                result.loss,
-                result.tokens,
-            )
-            results[checkpoint.label].append(result)
+            logits_of = model_logits(model)
+            chars = checkpoint.module.token_chars
+            rows.append(loss_at_length(logits_of, tokens, length, span, chars, cfg.batch_tokens))
+            log.info("%s at %d: loss %.4f", checkpoint.label, length, rows[-1].loss)
     return results, write_outputs(cfg, checkpoints, results, split)
 
 
@@ -293,13 +285,12 @@ def write_outputs(
 ) -> dict[str, Path]:
     out = Path(cfg.output_dir).expanduser()
     training = {c.label: c.training_length for c in checkpoints}
-    first = next(iter(results.values()))[0]
     lines = [
         "# Loss against context length",
         "",
-        f"Split `{split}`: at every length the same {first.tokens:,} targets (of the first "
-        "model; each model's own in its rows), cut into non-overlapping windows of that length; "
-        "loss = mean cross-entropy over every target (nats/token).",
+        f"Split `{split}`: at every length a model scores the same targets (`tokens`), cut "
+        "into non-overlapping windows of that length. loss: mean cross-entropy over every target "
+        "(nats/token); ppl: exp(loss); bpc: bits per character.",
         "",
         *[f"- {c.label}: `{c.path}` (trained at {c.training_length})" for c in checkpoints],
         "",
