@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from attn_lightning.analysis.arms import deliberate_settings
 from attn_lightning.analysis.comparison_columns import (
     COLUMNS,
     Column,
@@ -39,6 +40,7 @@ from attn_lightning.analysis.comparison_plots import (
     val_loss_curves,
 )
 from attn_lightning.analysis.plots import save_png
+from attn_lightning.analysis.protocol import write_protocol
 from attn_lightning.analysis.report import markdown_table
 from attn_lightning.analysis.runs import Run, load_runs
 from attn_lightning.analysis.tradeoff_plots import (
@@ -90,6 +92,12 @@ def render_markdown(
     flags, differing = differences(runs)
     lines = ["# Sweep comparison", ""]
     lines += [f"Runs from {', '.join(f'`{s}`' for s in sources)}."]
+    lines += [
+        "",
+        "One row per run here; [protocol.md](protocol.md) has one row per arm (runs alike but "
+        "for seed and learning rate): mean and 95% interval over seeds at the rate chosen on "
+        "validation, and which arms are indistinguishable from the best.",
+    ]
     shared = shared_overrides(runs)
     if shared and len(runs) > 1:
         lines += ["", f"Overrides shared by every run: `{' '.join(shared)}`"]
@@ -109,11 +117,18 @@ def render_markdown(
             table += [[f"`{key}`", f"`{v}`", labels[label]] for label, v in values.items()]
         lines += markdown_table(["setting", "value", "run"], table)
     else:
-        keys = sorted({k for r in runs for k in comparable(r)})
+        on_purpose = deliberate_settings(runs)
+        keys = sorted({k for r in runs for k in comparable(r)} - on_purpose)
         if keys:
             lines += [f"Every run shares: {', '.join(_grouped(keys))}."]
         else:
             lines += ["No run recorded its data, steps and seed: nothing could be checked."]
+    if deliberate_settings(runs):
+        lines += [
+            "",
+            "The seeds differ on purpose (a sweep over seeds): `protocol.md` averages each arm "
+            "over its seeds, with intervals, and checks that the arms share them.",
+        ]
 
     reference = reference_run(runs)
     counted = [r for r in rows if r["params"]]
@@ -189,7 +204,8 @@ def _results_table(
 
 
 def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[str]) -> list[Path]:
-    """comparison.md, comparison.csv and the figures in output_dir (each written atomically)."""
+    """comparison.md, comparison.csv and the figures in output_dir (each written atomically),
+    then the protocol's arm-level files (protocol.md, arms.csv, their figures)."""
     out = Path(output_dir)
     rows = comparison_rows(runs)
     labels = short_labels(runs)
@@ -226,7 +242,7 @@ def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[
     }
     figures.update(tradeoff_figures(rows, labels))
     written += [save_png(fig, out / name) for name, fig in figures.items()]
-    return written
+    return written + write_protocol(runs, rows, out, sources)
 
 
 def _layer_means(run: Run, name: str) -> list[float] | None:
