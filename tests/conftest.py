@@ -1,16 +1,22 @@
-"""Shared fixtures. The TinyShakespeare text is never committed: the tests that need it find
-it where the project itself looks (conf/paths/default.yaml): $ATTN_LIGHTNING_TEST_SHAKESPEARE
-(a file), else tinyshakespeare.txt in $ATTN_LIGHTNING_DATA_DIR, else in the download cache
-$XDG_CACHE_HOME/attn_lightning (~/.cache/attn_lightning). Without it they skip."""
+"""Shared fixtures. Every test runs on a fresh clone with no data and no network: the corpus of
+the CLI and datamodule tests is a generated play (tests/corpus.py) with TinyShakespeare's 65
+characters, served as the project serves any local text (`ATTN_LIGHTNING_TEXT`, i.e.
+`data.path`).
+
+The few tests that measure TinyShakespeare itself take the `shakespeare_path` fixture and are
+marked `shakespeare` (automatically, below). They find the text where the project itself
+looks (conf/paths/default.yaml): $ATTN_LIGHTNING_TEST_SHAKESPEARE (a file), else
+tinyshakespeare.txt in $ATTN_LIGHTNING_DATA_DIR, else in the download cache
+$XDG_CACHE_HOME/attn_lightning (~/.cache/attn_lightning); without it they skip, saying so."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from helpers import cli_environment
+from corpus import write_generated_play
+from helpers import GENERATED_TEXT, cli_environment
 
 FILE_NAME = "tinyshakespeare.txt"
 
@@ -29,6 +35,14 @@ def find_shakespeare() -> Path:
 SHAKESPEARE = find_shakespeare()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read the real corpus form the `shakespeare` group (`-m "not shakespeare"`
+    leaves them out; they skip by themselves where the text is missing)."""
+    for item in items:
+        if "shakespeare_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shakespeare)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
     """Path of a local TinyShakespeare copy (tests that need it skip without one)."""
@@ -41,10 +55,11 @@ def shakespeare_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def data_dir(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A writable data dir holding the text, as if it had been downloaded there."""
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable data dir holding the generated corpus (helpers.GENERATED_TEXT), which
+    `cli_environment(data_dir)` and `use_data_dir` make the text every run trains on."""
     directory = tmp_path_factory.mktemp("data")
-    shutil.copy(shakespeare_path, directory / "tinyshakespeare.txt")
+    write_generated_play(directory / GENERATED_TEXT)
     return directory
 
 

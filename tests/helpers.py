@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attn_lightning.lit_module import LitGPT
@@ -36,12 +37,31 @@ TINY = [
 ]
 
 
+GENERATED_TEXT = "generated_play.txt"  # the corpus a test data dir holds (tests/conftest.py)
+
+
+def data_environment(data_dir: Path) -> dict[str, str]:
+    """The variables that point the project at a test data dir: caches go there, and its
+    generated corpus (when it holds one) is the text trained on, as `data.path` would say."""
+    env = {"ATTN_LIGHTNING_DATA_DIR": str(data_dir)}
+    if (data_dir / GENERATED_TEXT).is_file():
+        env["ATTN_LIGHTNING_TEXT"] = str(data_dir / GENERATED_TEXT)
+    return env
+
+
+def use_data_dir(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    """data_environment for an in-process run."""
+    for name, value in data_environment(data_dir).items():
+        monkeypatch.setenv(name, value)
+
+
 def cli_environment(data_dir: Path | None = None) -> dict[str, str]:
     """The environment of a subprocess run of the project: this checkout importable, the given
     data dir (else whatever the caller's environment says), outside any DDP job."""
     env = dict(os.environ)
     if data_dir is not None:
-        env["ATTN_LIGHTNING_DATA_DIR"] = str(data_dir)
+        env.pop("ATTN_LIGHTNING_TEXT", None)
+        env.update(data_environment(data_dir))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
         env.pop(name, None)

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import use_data_dir
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -35,7 +36,7 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
+    use_data_dir(monkeypatch, data_dir)
     cfg = compose_train([f"{group}={option}"], tmp_path)
     dm = instantiate(cfg.data)
     module = LitGPT(
@@ -81,7 +82,7 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 
 
 def test_weight_decay_applies_to_matrices_only(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
+    use_data_dir(monkeypatch, data_dir)
     cfg = compose_train(["model.bias=true"], tmp_path)
     dm = instantiate(cfg.data)
     module = LitGPT(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, cli_environment
+from helpers import TINY, cli_environment, use_data_dir
 
 from attn_lightning.checkpoint import read_checkpoint, save_atomic
 from attn_lightning.errors import CheckpointError
@@ -251,7 +251,7 @@ def test_deferred_nonfinite_check_stops_and_never_saves_bad_weights(
     from attn_lightning.training.nonfinite import NonFiniteLossGuard
 
     monkeypatch.setattr(NonFiniteLossGuard, "checks_every_step", lambda self, device: False)
-    monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
+    use_data_dir(monkeypatch, data_dir)
     overrides = [o for o in RUN if not o.startswith("~")] + [
         "trainer.max_steps=300",
         "optim.lr=1e4",

@@ -1,5 +1,5 @@
-"""Every variant learns TinyShakespeare: a tiny GPT, 40 AdamW steps, the loss falls and stays
-finite. (A leaking variant would fall far faster; see test_causality.py for the probe.)"""
+"""Every variant learns a play-shaped text (tests/corpus.py): a tiny GPT, 40 AdamW steps, the
+loss falls and stays finite. (A leaking variant would fall far faster; see test_causality.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import small_attention
+from helpers import GENERATED_TEXT, small_attention
 
 from attn_lightning.model.gpt import GPT
 
@@ -15,8 +15,8 @@ STEPS, BATCH, BLOCK = 40, 8, 32
 
 
 @pytest.fixture(scope="module")
-def data(shakespeare_path: Path) -> torch.Tensor:
-    text = shakespeare_path.read_text()
+def data(data_dir: Path) -> torch.Tensor:
+    text = (data_dir / GENERATED_TEXT).read_text()
     vocab = {c: i for i, c in enumerate(sorted(set(text)))}
     return torch.tensor([vocab[c] for c in text[:50_000]])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import use_data_dir
 
 from attn_lightning.bench.throughput import measure
 
@@ -18,7 +19,7 @@ TINY = [
 
 
 def test_lightning_and_plain_loops_compute_identical_losses(data_dir, monkeypatch):
-    monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
+    use_data_dir(monkeypatch, data_dir)
     result = measure(TINY, steps=8, block=2, warmup_blocks=1)
     plain, lightning = result["plain"], result["lightning"]
     assert len(result["pair_ratios"]) == 3 and all(r > 0 for r in result["pair_ratios"])
@@ -30,7 +31,7 @@ def test_lightning_and_plain_loops_compute_identical_losses(data_dir, monkeypatc
 
 def test_a_different_seed_changes_the_losses(data_dir, monkeypatch):
     """Guards the test above: identical losses must come from identical work, not a constant."""
-    monkeypatch.setenv("ATTN_LIGHTNING_DATA_DIR", str(data_dir))
+    use_data_dir(monkeypatch, data_dir)
     a = measure(TINY, steps=4, block=2, warmup_blocks=0)["plain"]["final_loss"]
     b = measure([*TINY, "seed=7"], steps=4, block=2, warmup_blocks=0)["plain"]["final_loss"]
     assert a != b

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import quiet_trainer, tiny_lit_gpt
+from helpers import GENERATED_TEXT, quiet_trainer, tiny_lit_gpt
 from hydra.utils import instantiate
 
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
@@ -23,7 +23,8 @@ VOCAB = 512
 def make_dm(data_dir: Path, **kwargs) -> ShakespeareDataModule:
     args = dict(
         data_dir=str(data_dir),
-        url="http://127.0.0.1:9/tinyshakespeare.txt",  # never contacted: the file is there
+        path=str(data_dir / GENERATED_TEXT),  # the generated corpus (tests/conftest.py)
+        url="http://127.0.0.1:9/tinyshakespeare.txt",  # never contacted: a local file is given
         sha256=SHA256,
         block_size=32,
         batch_size=4,
@@ -43,8 +44,8 @@ def bpe_dm(data_dir: Path) -> ShakespeareDataModule:
     return dm
 
 
-def test_bpe_round_trips_the_whole_text_and_compresses_it(bpe_dm, shakespeare_path: Path):
-    text = shakespeare_path.read_text(encoding="utf-8")
+def test_bpe_round_trips_the_whole_text_and_compresses_it(bpe_dm, data_dir: Path):
+    text = (data_dir / GENERATED_TEXT).read_text(encoding="utf-8")
     tokenizer = bpe_dm.tokenizer
     assert tokenizer.vocab_size == VOCAB
     train, val = bpe_dm.splits  # each split encoded on its own: together, the whole text

@@ -7,19 +7,24 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from corpus import SHAKESPEARE_CHARS
+from helpers import GENERATED_TEXT
+from omegaconf import OmegaConf
 
+from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.char_tokenizer import CharTokenizer
-from attn_lightning.data.download import DatasetUnavailableError
+from attn_lightning.data.download import DatasetUnavailableError, sha256_of
 from attn_lightning.data.shakespeare import ShakespeareDataModule
 from attn_lightning.data.windows import RandomWindowBatches
 
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-UNREACHABLE = "http://127.0.0.1:9/tinyshakespeare.txt"  # never contacted when the file is there
+UNREACHABLE = "http://127.0.0.1:9/tinyshakespeare.txt"  # never contacted: a local file is given
 
 
 def make_dm(data_dir: Path, **kwargs) -> ShakespeareDataModule:
     args = dict(
         data_dir=str(data_dir),
+        path=str(data_dir / GENERATED_TEXT),  # the generated corpus (tests/conftest.py)
         url=UNREACHABLE,
         sha256=SHA256,
         block_size=64,
@@ -42,14 +47,25 @@ def attach_trainer(dm: ShakespeareDataModule, rank: int = 0, world: int = 1, ste
     return dm
 
 
-def test_vocabulary_split_and_round_trip(data_dir: Path, shakespeare_path: Path):
+def test_vocabulary_split_and_round_trip(data_dir: Path):
     dm = make_dm(data_dir)
-    text = shakespeare_path.read_text()
+    text = (data_dir / GENERATED_TEXT).read_text()
     assert dm.tokenizer.vocab_size == 65
     train, val = dm.splits
     assert len(train) + len(val) == len(text)
     assert len(train) == int(0.9 * len(text))
     assert dm.tokenizer.decode(val[:200]) == text[len(train) : len(train) + 200]
+
+
+def test_the_real_corpus_has_the_pinned_digest_and_the_generated_stand_ins_characters(
+    shakespeare_path: Path,
+):
+    """The config's sha256 pins the text the README's figures come from, and the stand-in
+    corpus of the other tests has exactly its characters (so the same vocabulary size)."""
+    pinned = OmegaConf.load(Path(CONFIG_DIR) / "data" / "shakespeare.yaml").sha256
+    assert sha256_of(shakespeare_path) == pinned == SHA256
+    chars = CharTokenizer.from_text(shakespeare_path.read_text(encoding="utf-8")).chars
+    assert "".join(chars) == SHAKESPEARE_CHARS
 
 
 def test_encoded_cache_is_written_and_reused(data_dir: Path, monkeypatch):
