@@ -165,7 +165,8 @@ def _params(arm: ArmResult, _: Protocol) -> int | None:
 
 def _seed_list(arm: ArmResult, _: Protocol) -> str:
     cell = arm.chosen or (arm.arm.cells[0] if arm.arm.cells else None)
-    return ";".join(str(override_value(r, SEED) or "") for r in cell.runs) if cell else ""
+    seeds = sorted(str(override_value(r, SEED) or "") for r in cell.runs) if cell else []
+    return ";".join(sorted(seeds, key=lambda s: (len(s), s)))  # numeric order for integers
 
 
 ARM_COLUMNS: tuple[ArmColumn, ...] = (
