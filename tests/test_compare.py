@@ -20,6 +20,8 @@ FIGURES = [
     "attention_entropy.png",
     "attention_distance.png",
     "attention_masks.png",
+    "quality_vs_state_size.png",
+    "quality_vs_tokens_per_sec.png",
 ]
 
 
