@@ -1,6 +1,6 @@
 """The decoding state in a run's record: train() writes the bytes per sequence at the block size
-to summary.json, and the sweep comparison shows them; a cache that cannot be measured costs the
-record that field only."""
+to summary.json, and the sweep comparison shows them, per run and per arm of its protocol; a
+cache that cannot be measured costs the record that field only."""
 
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def test_training_records_the_decoding_state_and_the_comparison_shows_it(tmp_pat
         (row,) = csv.DictReader(f)
     assert float(row["decoding_state_kib"]) == pytest.approx(7744 / 1024)
     assert row["decoding_state_context"] == "56"
+    with open(tmp_path / "report" / "arms.csv", newline="") as f:
+        (arm,) = csv.DictReader(f)  # the protocol's one arm carries it too
+    assert float(arm["decoding_state_kib"]) == pytest.approx(7744 / 1024)
 
 
 class BrokenCache(VanillaAttention):

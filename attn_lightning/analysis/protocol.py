@@ -163,6 +163,12 @@ def _params(arm: ArmResult, _: Protocol) -> int | None:
     return counts[0] if counts else None
 
 
+def _state_kib(arm: ArmResult, _: Protocol) -> float | None:
+    """The decoding state per sequence: the arm's architecture fixes it (seed and rate do not)."""
+    sizes = [row.get("decoding_state_kib") for row in arm.rows.values()]
+    return next((size for size in sizes if size is not None), None)
+
+
 def _seed_list(arm: ArmResult, _: Protocol) -> str:
     cell = arm.chosen or (arm.arm.cells[0] if arm.arm.cells else None)
     seeds = sorted(str(override_value(r, SEED) or "") for r in cell.runs) if cell else []
@@ -177,6 +183,7 @@ ARM_COLUMNS: tuple[ArmColumn, ...] = (
     ArmColumn("seeds", _seeds, "seeds"),
     ArmColumn("seed_values", _seed_list),
     ArmColumn("params", _params, "params", ",d"),
+    ArmColumn("decoding_state_kib", _state_kib, "state KiB/seq", ",.1f"),
     _summary("val_loss", "val loss", ".4f"),
     _summary("test_loss", "test loss", ".4f"),
     ArmColumn("vs_best", lambda arm, p: p.versus_best(arm)[0], "vs best"),
