@@ -231,3 +231,30 @@ def test_comparison_lists_the_accuracy_of_each_test_setting_in_length_order(tmp_
     run = Run("0", tmp_path, None, [], series)
     assert test_split_accuracies(run, Sweep.of([run])) == "L64_kv4 1.000, L64_kv16 0.250"
     assert test_split_accuracies(Run("1", tmp_path, None, [], {}), Sweep.of([run])) is None
+
+
+def test_lit_module_scores_every_named_test_split_and_the_overall_is_their_union():
+    from helpers import quiet_trainer, tiny_lit_gpt
+
+    dm = datamodule(test_size=50)
+    module = tiny_lit_gpt(dm.tokenizer.state_dict(), block_size=24)
+    results = quiet_trainer().test(module, datamodule=dm, verbose=False)  # one dict a loader
+    metrics = {k: v for result in results for k, v in result.items()}
+    totals = {"right": 0, "answers": 0, "exact": 0, "rows": 0}
+    for split, loader in zip(dm.test_splits[1:], dm.test_dataloader()[1:], strict=True):
+        right = answers = exact = rows = 0
+        for inputs, targets in loader:  # an independent route: one forward, the argmax
+            with torch.no_grad():
+                predicted = module.model(inputs).logits.argmax(-1)
+            scored = targets != IGNORE
+            right += int((predicted == targets)[scored].sum())
+            answers += int(scored.sum())
+            exact += int(((predicted == targets) | ~scored).all(1).sum())
+            rows += len(targets)
+        assert metrics[f"{split}/answer_token_acc"] == pytest.approx(right / answers, abs=1e-6)
+        assert metrics[f"{split}/exact_match"] == pytest.approx(exact / rows, abs=1e-6)
+        for key, value in zip(totals, (right, answers, exact, rows), strict=True):
+            totals[key] += value
+    overall = totals["right"] / totals["answers"]
+    assert metrics["test/answer_token_acc"] == pytest.approx(overall, abs=1e-6)
+    assert metrics["test/exact_match"] == pytest.approx(totals["exact"] / totals["rows"], abs=1e-6)
