@@ -187,7 +187,7 @@ ARM_COLUMNS: tuple[ArmColumn, ...] = (
     _summary("val_loss", "val loss", ".4f"),
     _summary("test_loss", "test loss", ".4f"),
     ArmColumn("vs_best", lambda arm, p: p.versus_best(arm)[0], "vs best"),
-    ArmColumn("welch_p", lambda arm, p: p.versus_best(arm)[1], "Welch p", ".3f"),
+    ArmColumn("welch_p", lambda arm, p: p.versus_best(arm)[1], "Welch p", ".2g"),
     _summary("train_loss", "train loss", ".4f"),
     _summary("val_ppl", "val ppl", ".3f"),
     _summary("test_ppl", None, ".3f"),
