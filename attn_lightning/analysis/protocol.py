@@ -76,6 +76,13 @@ def choose_rate(result: ArmResult) -> None:
     result.chosen = min(pool, key=lambda cs: cs[1].mean)[0] if pool else None
 
 
+def at_grid_edge(result: ArmResult) -> bool:
+    """Whether the chosen rate is the smallest or largest of a grid of two or more rates."""
+    rates = [c.lr_value for c in result.arm.cells if c.lr_value is not None]
+    chosen = result.chosen.lr_value if result.chosen else None
+    return len(rates) > 1 and chosen is not None and chosen in (min(rates), max(rates))
+
+
 @dataclass
 class Protocol:
     """Every arm's result, the metric ranked on, the best arm and each arm's test against it."""
@@ -319,6 +326,12 @@ def _how_to_read(protocol: Protocol) -> list[str]:
             f"{ALPHA:.0%} level (p ≥ {ALPHA}), `worse`: p < {ALPHA}; `untested`: an arm with "
             "fewer than 2 seeds. No correction for multiple comparisons; not significantly "
             "different is not equal (with 3 seeds only large gaps are detected)."
+        )
+    edge = [a.arm.label for a in protocol.arms if at_grid_edge(a)]
+    if edge:
+        notes.append(
+            f"- **Chosen at the edge of the grid**: {', '.join(edge)}. The best rate may lie "
+            "outside it: extend the grid (`optim.lr=...`) before reading these arms as tuned."
         )
     if not all(a.chosen_among_complete for a in protocol.arms):
         notes.append(

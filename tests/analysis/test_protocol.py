@@ -173,3 +173,23 @@ def test_seed_band_by_hand():
     assert high == pytest.approx([2.0 + 12.7062, 3.0 + 12.7062], abs=1e-3)
     assert low == pytest.approx([2.0 - 12.7062, 3.0 - 12.7062], abs=1e-3)
     assert seed_band([[(0, 1.0), (5, 2.0)]]) == ([0, 5], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0])
+
+
+def test_a_rate_chosen_at_the_edge_of_the_grid_is_flagged():
+    """In the sweep, vanilla's chosen 0.003 and linear's 0.001 are the ends of a two-rate grid;
+    with a three-rate grid whose middle rate wins, nothing is flagged."""
+    protocol, rows = results(sweep())
+    text = render_protocol_markdown(protocol, list(rows.values()), ["sweep"])
+    assert "Chosen at the edge of the grid**: attention=vanilla, attention=linear." in text
+    middle = [
+        run(str(i), "vanilla", lr, seed, val, 1.0)
+        for i, (lr, seed, val) in enumerate(
+            (lr, seed, val + seed / 100)
+            for lr, val in (("0.001", 2.0), ("0.002", 1.5), ("0.003", 2.5))
+            for seed in (1, 2)
+        )
+    ]
+    protocol, rows = results(middle)
+    (only,) = rows.values()
+    assert only["lr"] == "0.002"
+    assert "edge of the grid" not in render_protocol_markdown(protocol, list(rows.values()), [])
