@@ -4,6 +4,7 @@ from each other."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,6 +90,50 @@ def run_cli(module: str, args: list[str], cwd: Path, data_dir: Path | None):
         f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )
     return proc
+
+
+# Runs one entry point's `main()` once per argument list in a single interpreter, as the CLI
+# would (sys.argv; SystemExit gives the exit code), and writes the outcomes as JSON.
+_CASES_DRIVER = """
+import contextlib, importlib, io, json, sys, traceback
+module, cases, out_file = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+main = importlib.import_module(module).main
+results = []
+for args in cases:
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        sys.argv = [module, *args]
+        try:
+            main()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append({"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
+with open(out_file, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def run_entry_point_cases(
+    module: str, cases: list[list[str]], cwd: Path, data_dir: Path | None
+) -> list[dict[str, Any]]:
+    """Each argument list through `module.main()`, all in one fresh interpreter: what
+    `python -m module args` prints and exits with, without paying the imports (~8 s) per
+    case. For inputs refused before any training (bad configs); a run that trains belongs in
+    its own process (run_module)."""
+    out_file = cwd / "entry_point_cases.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CASES_DRIVER, module, json.dumps(cases), str(out_file)],
+        cwd=cwd,
+        env=cli_environment(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and out_file.is_file(), proc.stderr[-3000:]
+    return json.loads(out_file.read_text())
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -97,6 +97,7 @@ def test_ddp_cpu_run_writes_one_dir_and_logs_from_rank_zero(data_dir: Path, tmp_
     assert acc.Scalars("train/tokens_seen")[-1].value == 2 * 12 * 4 * 32
 
 
+@pytest.mark.slow  # 40 s: two DDP jobs of two processes each; the single DDP run stays default
 def test_ddp_cpu_multirun_children_do_not_start_sweeps(data_dir: Path, tmp_path: Path):
     run_cli(
         "attn_lightning",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, cli_environment, use_data_dir
+from helpers import TINY, cli_environment, run_entry_point_cases, use_data_dir
 
 from attn_lightning.checkpoint import read_checkpoint, save_atomic
 from attn_lightning.errors import CheckpointError
@@ -226,15 +226,34 @@ BAD_CONFIGS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_config_outcomes(data_dir, tmp_path_factory) -> dict[str, dict]:
+    """Every BAD_CONFIGS case through the CLI's main(), in one interpreter (helpers)."""
+    cases = [[*TINY[1:], "debug=fast", *overrides] for overrides, _ in BAD_CONFIGS]
+    cwd = tmp_path_factory.mktemp("bad_configs")
+    outcomes = run_entry_point_cases("attn_lightning.train", cases, cwd, data_dir)
+    return {" ".join(o): outcome for (o, _), outcome in zip(BAD_CONFIGS, outcomes, strict=True)}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"), BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS]
 )
-def test_bad_config_exits_with_its_message_and_no_traceback(data_dir, tmp_path, overrides, message):
+def test_bad_config_exits_with_its_message_and_no_traceback(
+    bad_config_outcomes, overrides, message
+):
     if overrides == ["trainer=ddp"] and torch.cuda.device_count() >= 2:
         pytest.skip("this machine has the GPUs trainer=ddp asks for")
-    proc = run([*TINY[1:], "debug=fast", *overrides], tmp_path, data_dir)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr[-2000:]
+    outcome = bad_config_outcomes[" ".join(overrides)]
+    assert outcome["code"] != 0
+    assert message in outcome["stderr"], outcome["stderr"][-2000:]
+    assert "Traceback" not in outcome["stderr"] + outcome["stdout"]
+
+
+def test_a_user_error_of_the_cli_exits_2_in_its_own_process(data_dir, tmp_path):
+    """The in-process cases above stand for the CLI: one of them, run as a user runs it."""
+    proc = run([*TINY[1:], "debug=fast", "optim.lr=-1"], tmp_path, data_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: optim.lr must be positive")
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
