@@ -22,6 +22,7 @@ FIGURES = [
     "attention_masks.png",
     "quality_vs_state_size.png",
     "quality_vs_tokens_per_sec.png",
+    "quality_vs_width.png",
 ]
 
 

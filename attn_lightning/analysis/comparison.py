@@ -46,7 +46,10 @@ from attn_lightning.analysis.runs import Run, load_runs
 from attn_lightning.analysis.tradeoff_plots import (
     STATE_FIGURE,
     THROUGHPUT_FIGURE,
+    WIDTH_FIGURE,
+    quality_vs_width,
     tradeoff_figures,
+    width_of,
 )
 from attn_lightning.atomic import write_text
 
@@ -59,6 +62,7 @@ FIGURES = {
     "attention_masks.png": "Which (query, key) pairs each run's attention connects",
     STATE_FIGURE: "Quality against decoding-state size",
     THROUGHPUT_FIGURE: "Quality against training tokens/s",
+    WIDTH_FIGURE: "Quality against model width",
 }
 
 
@@ -241,6 +245,7 @@ def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[
         ),
     }
     figures.update(tradeoff_figures(rows, labels))
+    figures[WIDTH_FIGURE] = quality_vs_width(rows, {r.label: width_of(r.overrides) for r in runs})
     written += [save_png(fig, out / name) for name, fig in figures.items()]
     return written + write_protocol(runs, rows, out, sources)
 

@@ -118,3 +118,49 @@ def tradeoff_figures(rows: Sequence[Row], labels: Mapping[str, str]) -> dict[str
             log_x=False,
         ),
     }
+
+
+WIDTH_FIGURE = "quality_vs_width.png"
+WIDTH_OVERRIDE = "model.n_embd"  # the axis of Zoology's Figure 2 (experiment=mqar_width)
+WIDTH_QUALITY = (("test_answer_token_acc", "test answer-token accuracy (higher is better)"),)
+
+
+def width_of(overrides: Sequence[str]) -> int | None:
+    """The model width a run's command line set (`model.n_embd=64`), if it set one."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == WIDTH_OVERRIDE and value.isdigit():
+            return int(value)
+    return None
+
+
+def quality_vs_width(rows: Sequence[Row], widths: Mapping[str, int | None]) -> Figure:
+    """Zoology's Figure 2: final quality against model width, one line per variant (the mean
+    of its runs at each width, several seeds alike), widths on a log-2 axis. `widths`: job ->
+    the width its overrides set; a sweep that varies no width gets a note instead."""
+    column, label = next(
+        ((c, lbl) for c, lbl in WIDTH_QUALITY if any(r.get(c) is not None for r in rows)),
+        quality_column(rows),
+    )
+    by_variant: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        width, value = widths.get(row["job"]), row.get(column)
+        if width is not None and _finite(value):
+            by_variant.setdefault(row["attention"] or "?", {}).setdefault(width, []).append(value)
+    fig = new_figure(7.0, 4.5)
+    ax = fig.subplots()
+    ax.set_title("Quality against model width (Zoology, Figure 2)")
+    if len({w for points in by_variant.values() for w in points}) < 2:
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No sweep over {WIDTH_OVERRIDE}.", ha="center", va="center")
+        return fig
+    for variant, points in by_variant.items():
+        xs = sorted(points)
+        ax.plot(xs, [sum(points[x]) / len(points[x]) for x in xs], marker="o", label=variant)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_xlabel(f"model width ({WIDTH_OVERRIDE}, log scale)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig

@@ -7,7 +7,9 @@ from attn_lightning.analysis.tradeoff_plots import (
     STATE_FIGURE,
     THROUGHPUT_FIGURE,
     quality_column,
+    quality_vs_width,
     tradeoff_figures,
+    width_of,
 )
 
 
@@ -77,3 +79,31 @@ def test_no_values_give_a_note_not_an_empty_axis():
     (ax,) = fig.axes
     assert not ax.collections
     assert any("No run has both values" in t.get_text() for t in ax.texts)
+
+
+def test_width_figure_is_each_variants_mean_test_accuracy_per_width():
+    """Zoology's Figure 2: two seeds of vanilla at width 64 (0.9, 1.0) draw their mean 0.95;
+    the width comes from the command line (`model.n_embd=`), test accuracy over val."""
+    table = [
+        ("0", "vanilla", 32, 0.5),
+        ("1", "vanilla", 64, 0.9),
+        ("2", "vanilla", 64, 1.0),
+        ("3", "linear", 32, 0.1),
+        ("4", "linear", 64, 0.3),
+    ]
+    rows = [
+        row(job, variant, None, None, val_answer_token_acc=0.0, test_answer_token_acc=acc)
+        for job, variant, _, acc in table
+    ]
+    overrides = {job: ["seed=1", f"model.n_embd={width}"] for job, _, width, _ in table}
+    widths = {job: width_of(o) for job, o in overrides.items()}
+    assert widths == {"0": 32, "1": 64, "2": 64, "3": 32, "4": 64}
+    (ax,) = quality_vs_width(rows, widths).axes
+    lines = {line.get_label(): list(zip(*line.get_data(), strict=True)) for line in ax.lines}
+    assert lines == {"vanilla": [(32, 0.5), (64, 0.95)], "linear": [(32, 0.1), (64, 0.3)]}
+    assert ax.get_xscale() == "log" and "test answer" in ax.get_ylabel()
+
+
+def test_width_figure_without_a_width_sweep_says_so():
+    (ax,) = quality_vs_width(ROWS, {r["job"]: None for r in ROWS}).axes
+    assert not ax.lines and "No sweep over model.n_embd" in ax.texts[0].get_text()
