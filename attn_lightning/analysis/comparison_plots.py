@@ -14,16 +14,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from attn_lightning.analysis.plots import annotate_cells, loss_curves, mask_grid, new_figure
-
-
-def _note(title: str, text: str) -> Figure:
-    fig = new_figure(6.0, 2.0)
-    ax = fig.subplots()
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
-    fig.suptitle(title)
-    return fig
+from attn_lightning.analysis.plots import (
+    annotate_cells,
+    loss_curves,
+    mask_grid,
+    new_figure,
+    note_figure,
+)
 
 
 def _missing(values: Mapping[str, object]) -> str:
@@ -37,7 +34,7 @@ def val_loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]]) -> Figure
     """Validation loss against step, one line per run."""
     title = "Validation loss"
     if not any(curves.values()):
-        return _note(title, "No run logged val/loss (csv/metrics.csv).")
+        return note_figure(title, "No run logged val/loss (csv/metrics.csv).")
     series = {
         label: tuple(zip(*points, strict=True)) or ((), ()) for label, points in curves.items()
     }
@@ -54,7 +51,7 @@ def final_loss_bars(finals: Mapping[str, tuple[float | None, float | None, str]]
     title = "Final loss per run"
     labels = list(finals)
     if not labels:
-        return _note(title, "No runs.")
+        return note_figure(title, "No runs.")
     has_test = any(test is not None for _, test, _ in finals.values())
     fig = new_figure(8.0, 1.2 + 0.45 * len(labels) * (2 if has_test else 1))
     ax = fig.subplots()
@@ -98,7 +95,7 @@ def pattern_panels(patterns: Mapping[str, Sequence[Sequence[float]] | None]) -> 
     title = "Attention on the first validation window (mean over layers and heads)"
     present = {k: np.asarray(v, dtype=float) for k, v in patterns.items() if v}
     if not present:
-        return _note(title, "No run recorded an attention pattern (run_report callback).")
+        return note_figure(title, "No run recorded an attention pattern (run_report callback).")
     rows, cols = _grid(len(patterns))
     fig = new_figure(3.2 * cols + 1.0, 3.3 * rows + 0.6)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
@@ -131,7 +128,7 @@ def layer_heatmap(
     no data)."""
     present = {k: v for k, v in values.items() if v}
     if not present:
-        return _note(title, "No run recorded attention statistics (run_report callback).")
+        return note_figure(title, "No run recorded attention statistics (run_report callback).")
     labels = list(values)
     n_layer = max(len(v) for v in present.values())
     data = np.full((len(labels), n_layer), np.nan)
@@ -166,5 +163,5 @@ def mask_panels(masks: Mapping[str, Sequence[str] | None]) -> Figure:
         if rows
     }
     if not present:
-        return _note(title, "No run recorded its attention mask (run_report callback).")
+        return note_figure(title, "No run recorded its attention mask (run_report callback).")
     return mask_grid(present, title)

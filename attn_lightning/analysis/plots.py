@@ -27,6 +27,17 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def note_figure(title: str, text: str) -> Figure:
+    """A figure that says what is missing: a comparison's files are the same with or without
+    data."""
+    fig = new_figure(6.0, 2.0)
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
+    fig.suptitle(title)
+    return fig
+
+
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write fig as PNG atomically (attn_lightning/atomic.py)."""
     with atomic_write(path) as f:

@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from attn_lightning.analysis.comparison_plots import _note
-from attn_lightning.analysis.plots import new_figure
+from attn_lightning.analysis.plots import new_figure, note_figure
 from attn_lightning.analysis.student_t import MeanInterval, mean_interval
 
 Series = Sequence[tuple[int, float]]
@@ -41,7 +40,7 @@ def arm_loss_curves(curves: Mapping[str, Sequence[Series]]) -> Figure:
     t-interval (none for one seed), at the steps all its seeds logged."""
     title = "Validation loss per arm: mean over seeds, band = 95% t-interval"
     if not any(any(s) for s in curves.values()):
-        return _note(title, "No run logged val/loss (csv/metrics.csv).")
+        return note_figure(title, "No run logged val/loss (csv/metrics.csv).")
     fig = new_figure(8.0, 4.8)
     ax = fig.subplots()
     for label, seeds in curves.items():
@@ -74,7 +73,7 @@ def arm_final_losses(finals: Mapping[str, Mapping[str, MeanInterval | None]]) ->
     title = "Final loss per arm: mean over seeds, error bars = 95% t-interval"
     labels = list(finals)
     if not labels or not any(v for f in finals.values() for v in f.values()):
-        return _note(title, "No arm has a final loss.")
+        return note_figure(title, "No arm has a final loss.")
     metrics = sorted({m for f in finals.values() for m, v in f.items() if v is not None})
     fig = new_figure(8.0, 1.4 + 0.5 * len(labels) * max(1, len(metrics)) ** 0.5)
     ax = fig.subplots()
@@ -118,7 +117,8 @@ def lr_grid(
     title = "Learning-rate grid: mean val loss over seeds (chosen rate ringed)"
     usable = {k: [(lr, s) for lr, s in v if s is not None] for k, v in grid.items()}
     if not any(len(v) > 1 for v in usable.values()):
-        return _note(title, "No learning-rate grid: every arm ran at one rate (no optim.lr sweep).")
+        no_grid = "No learning-rate grid: every arm ran at one rate (no optim.lr sweep)."
+        return note_figure(title, no_grid)
     fig = new_figure(7.5, 4.5)
     ax = fig.subplots()
     for label, points in usable.items():
