@@ -1,6 +1,17 @@
-"""`python -m attn_lightning.sample ckpt_path=... prompt=...`: text from a trained checkpoint."""
+"""`python -m attn_lightning.sample ckpt_path=... prompt=...`: text from a trained checkpoint.
+
+Sampling is model/sampling.py's (temperature, top-k, top-p, min-p). The prompt is `prompt` or
+the contents of `prompt_file`; `num_samples` continuations are drawn in one batch; `stop` ends
+a sample where that string first appears in its generated text (the string itself is left
+out); `stream` prints the one sample as its tokens arrive.
+"""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -8,31 +19,136 @@ from omegaconf import DictConfig
 
 from attn_lightning.checkpoint import load_checkpoint
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.errors import exit_on_user_error
+from attn_lightning.errors import ConfigError, UserError, exit_on_user_error
+from attn_lightning.model.sampling import Sampler
+
+SEPARATOR = "\n----\n"  # between samples when num_samples > 1
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: a GPU when there is one; anything else as torch names it, checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but this machine has no CUDA GPU: use device=cpu")
+    return device
 
 
-def sample(cfg: DictConfig) -> str:
-    """The prompt followed by `max_new_tokens` generated tokens."""
+def prompt_text(cfg: DictConfig) -> str:
+    """`prompt`, or the text of `prompt_file` when one is given."""
+    if not cfg.prompt_file:
+        return cfg.prompt
+    path = Path(cfg.prompt_file).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"prompt_file={path} does not exist: give a text file") from None
+    except (UnicodeDecodeError, IsADirectoryError) as error:
+        raise UserError(f"prompt_file={path} is not a UTF-8 text file ({error})") from None
+
+
+def stable_text(text: str, stop: str | None) -> str:
+    """What of a sample's text so far can be shown for good: not a trailing partial character
+    (a byte-level BPE token may end mid-character) nor a tail that may begin the stop string."""
+    text = text.rstrip("\ufffd")
+    if stop:
+        for keep in range(len(stop) - 1, 0, -1):
+            if text.endswith(stop[:keep]):
+                return text[:-keep]
+    return text
+
+
+def check_request(max_new_tokens: int, num_samples: int, stop: str | None) -> None:
+    """The request's own values, before any work."""
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    if stop == "":
+        raise ConfigError("stop must be a non-empty string (null = no stop string)")
+
+
+def generate_text(
+    module: Any,
+    prompt: str,
+    max_new_tokens: int,
+    sampler: Sampler,
+    num_samples: int = 1,
+    stop: str | None = None,
+    generator: torch.Generator | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> list[str]:
+    """`num_samples` continuations of `prompt` (each without the prompt), cut before `stop`;
+    `on_text` receives sample 0's new text as it becomes final (streaming)."""
+    check_request(max_new_tokens, num_samples, stop)
+    try:
+        idx = module.tokenizer.encode(prompt)
+    except ValueError as error:
+        raise ConfigError(f"prompt: {error}") from None
+    if idx.numel() == 0:
+        raise ConfigError("prompt is empty: give at least one token (the default is a newline)")
+    device = next(module.model.parameters()).device
+    idx = idx[None].to(device).expand(num_samples, -1)
+    generated: list[list[int]] = [[] for _ in range(num_samples)]
+    texts = [""] * num_samples
+    done = [False] * num_samples
+    shown = 0
+    for next_id in module.model.stream(idx, max_new_tokens, sampler, generator):
+        for row, token in enumerate(next_id[:, 0].tolist()):
+            if done[row]:
+                continue
+            generated[row].append(token)
+            texts[row] = module.tokenizer.decode(generated[row])
+            if stop and stop in texts[row]:
+                texts[row], done[row] = texts[row][: texts[row].index(stop)], True
+        if on_text is not None:
+            final = texts[0] if done[0] else stable_text(texts[0], stop)
+            if len(final) > shown:
+                on_text(final[shown:])
+                shown = len(final)
+        if all(done):
+            break
+    if on_text is not None and len(texts[0]) > shown:
+        on_text(texts[0][shown:])
+    return texts
+
+
+def sample(cfg: DictConfig, on_text: Callable[[str], None] | None = None) -> str:
+    """The prompt followed by each sample's generated text; `on_text` (streaming) gets the
+    prompt, then sample 0's text as it arrives."""
+    if cfg.stream and cfg.num_samples != 1:
+        raise ConfigError("stream=true prints one sample as it is drawn: set num_samples=1")
+    check_request(cfg.max_new_tokens, cfg.num_samples, cfg.stop)
+    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
+    prompt = prompt_text(cfg)
     device = resolve_device(cfg.device)
     module = load_checkpoint(cfg.ckpt_path, map_location=device, trusted=cfg.trust_targets)
-    idx = module.tokenizer.encode(cfg.prompt)[None].to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    out = module.model.generate(
-        idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=generator
+    if on_text is not None:
+        on_text(prompt)
+    texts = generate_text(
+        module, prompt, cfg.max_new_tokens, sampler, cfg.num_samples, cfg.stop, generator, on_text
     )
-    return module.tokenizer.decode(out[0].tolist())
+    return SEPARATOR.join(prompt + text for text in texts)
+
+
+def _print_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    print(sample(cfg))
+    if cfg.stream:
+        sample(cfg, on_text=_print_now)
+        _print_now("\n")
+    else:
+        print(sample(cfg))
 
 
 if __name__ == "__main__":

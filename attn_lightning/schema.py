@@ -174,10 +174,31 @@ class MQARDataConfig:
     eval_seed: int = MISSING
 
 
+@dataclass
+class SampleConfig:
+    """conf/sample.yaml (attn_lightning/sample.py)."""
+
+    ckpt_path: str = MISSING
+    prompt: str = MISSING
+    prompt_file: str | None = MISSING
+    max_new_tokens: int = MISSING
+    num_samples: int = MISSING
+    temperature: float = MISSING
+    top_k: int | None = MISSING
+    top_p: float | None = MISSING
+    min_p: float | None = MISSING
+    stop: str | None = MISSING
+    stream: bool = MISSING
+    seed: int = MISSING
+    device: str = MISSING  # auto, cpu, cuda, cuda:1, ...
+    trust_targets: list[str] = MISSING
+
+
 def register_schemas() -> None:
     """Store the schemas under the names the YAML defaults lists use (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
+    store.store(name="sample_schema", node=SampleConfig)
     store.store(group="model", name="gpt_schema", node=GPTConfig)
     store.store(group="data", name="shakespeare_schema", node=ShakespeareDataConfig)
     store.store(group="data", name="task_schema", node=TaskDataConfig)

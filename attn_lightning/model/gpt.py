@@ -21,7 +21,7 @@ discard). Incremental decoding pays off while the context fits in block_size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.errors import ConfigError
+from attn_lightning.model.sampling import Sampler
 
 AttentionFactory = Callable[..., CausalSelfAttention]
 POS_EMBEDDINGS = ("learned", "none")
@@ -207,26 +208,35 @@ class GPT(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         incremental: bool = True,
+        top_p: float | None = None,
+        min_p: float | None = None,
     ) -> Tensor:
-        """Append `max_new_tokens` sampled tokens to idx (B, T); the context is cropped to the
-        last `block_size` tokens. temperature 0 means greedy decoding. `incremental=False`
-        recomputes the whole cropped context for every token (the reference)."""
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        """Append `max_new_tokens` sampled tokens to idx (B, T) (model/sampling.py says how:
+        temperature 0 is greedy); the context is cropped to the last `block_size` tokens.
+        `incremental=False` recomputes the whole cropped context for every token (the
+        reference)."""
+        sampler = Sampler(temperature, top_k, top_p, min_p)
+        new = list(self.stream(idx, max_new_tokens, sampler, generator, incremental))
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        sampler: Sampler,
+        generator: torch.Generator | None = None,
+        incremental: bool = True,
+    ) -> Iterator[Tensor]:
+        """The next tokens (B, 1), one at a time as they are drawn: for printing as they come
+        and for stopping early (the caller simply stops iterating)."""
+        if max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         next_logits = IncrementalDecoder(self) if incremental else self.full_logits
         for _ in range(max_new_tokens):
-            logits = next_logits(idx)  # (B, V)
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            next_id = sampler(next_logits(idx), generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
-        return idx
+            yield next_id
 
     def full_logits(self, idx: Tensor) -> Tensor:
         """Next-token logits (B, V) by full recomputation of the cropped context."""
