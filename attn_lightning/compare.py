@@ -47,5 +47,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     return files
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `attn-compare` console script: main() for its side effects (a script's return
+    value would become its exit status)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

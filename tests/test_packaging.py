@@ -87,3 +87,29 @@ def test_installed_package_finds_its_configs_from_elsewhere(wheel: Path, tmp_pat
         check=True,
     ).stdout.strip()
     assert Path(config_dir).is_relative_to(target)
+
+
+SCRIPTS = {  # every `python -m` entry point's console script, by the module it stands for
+    "attn-lightning": "attn_lightning.train",  # what attn_lightning/__main__.py runs
+    "attn-sample": "attn_lightning.sample",
+    "attn-eval": "attn_lightning.eval",
+    "attn-analyze": "attn_lightning.analyze",
+    "attn-check": "attn_lightning.check",
+    "attn-compare": "attn_lightning.compare",
+    "attn-bench": "attn_lightning.bench.__main__",
+}
+
+
+def test_every_entry_point_has_a_console_script(wheel: Path):
+    """The wheel declares a script per entry point, each naming a callable of that module."""
+    import importlib
+
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
+        lines = archive.read(name).decode().splitlines()
+    declared = dict(line.replace(" ", "").split("=") for line in lines if "=" in line)
+    assert set(declared) == set(SCRIPTS)
+    for script, module in SCRIPTS.items():
+        target, function = declared[script].split(":")
+        assert target == module, script
+        assert callable(getattr(importlib.import_module(target), function)), script
