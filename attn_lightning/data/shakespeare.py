@@ -99,7 +99,7 @@ class ShakespeareDataModule(LanguageModelData):
         if cache.is_file():
             state = torch.load(cache, weights_only=True)
             return CharTokenizer(state["chars"]), state["tokens"].long()
-        text = text_file.read_text(encoding="utf-8")
+        text = read_corpus(text_file)
         tokenizer = CharTokenizer.from_text(text)
         tokens = tokenizer.encode(text)
         _save_atomic({"chars": tokenizer.chars, "tokens": tokens.to(torch.int16)}, cache)
@@ -113,7 +113,7 @@ class ShakespeareDataModule(LanguageModelData):
         cache = self.data_dir / "cache"
         text = None
         if not (cache / f"{stem}.json").is_file() or not (cache / f"{stem}.pt").is_file():
-            text = text_file.read_text(encoding="utf-8")
+            text = read_corpus(text_file)
         n_train = None if text is None else int(len(text) * (1.0 - self.val_fraction))
         train_text = None if text is None else text[:n_train]
         tokenizer = BPETokenizer.load_or_train(
@@ -160,6 +160,24 @@ class ShakespeareDataModule(LanguageModelData):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(None)
+
+
+def read_corpus(path: Path) -> str:
+    """The text of a corpus file, refused in one line when it cannot be one: empty, or not
+    UTF-8 text (a binary file, a wrong encoding)."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise ConfigError(f"data.path={path} is empty: point data.path at a text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"data.path={path} is not UTF-8 text (byte {error.start}: {error.reason}); give a "
+            "UTF-8 text file"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"data.path={path} holds NUL bytes: a binary file, not text")
+    return text
 
 
 def _save_atomic(obj: object, dest: Path) -> None:

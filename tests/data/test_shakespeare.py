@@ -16,6 +16,7 @@ from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.download import DatasetUnavailableError, sha256_of
 from attn_lightning.data.shakespeare import ShakespeareDataModule
 from attn_lightning.data.windows import RandomWindowBatches
+from attn_lightning.errors import ConfigError
 
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 UNREACHABLE = "http://127.0.0.1:9/tinyshakespeare.txt"  # never contacted: a local file is given
@@ -129,3 +130,29 @@ def test_unknown_characters_are_refused():
     with pytest.raises(ValueError, match="not in this tokenizer"):
         CharTokenizer("abc").encode("abd")
     assert CharTokenizer("abc").decode(CharTokenizer("abc").encode("cab")) == "cab"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"  \n\n", "is empty"),
+        (bytes(range(128, 256)) * 20, "is not UTF-8 text"),
+        (b"text\x00\x01\x02 more text", "holds NUL bytes"),
+    ],
+    ids=["empty", "blank", "binary", "nul"],
+)
+def test_a_file_that_is_not_a_corpus_is_refused_naming_it(tmp_path: Path, content, message):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^data\.path={path} {message}"):
+        _ = make_dm(tmp_path, path=str(path)).tokenizer
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_a_corpus_too_short_for_the_block_is_refused_naming_the_key(tmp_path: Path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("hello world\n" * 10)
+    dm = attach_trainer(make_dm(tmp_path, path=str(path)))
+    with pytest.raises(ConfigError, match=r"too few for block_size 64: lower data\.block_size"):
+        dm.val_dataloader()
