@@ -204,8 +204,8 @@ def decoding_state(model: GPT) -> dict[str, int | None]:
 def record_training(
     trainer: L.Trainer, module: L.LightningModule, metrics: dict[str, float]
 ) -> None:
-    """What every comparison needs, recorded by train() after fit and after test in the run
-    dir (the trainer's root dir), on rank 0."""
+    """What every comparison needs, recorded by train() after fit in the run dir (the
+    trainer's root dir), on rank 0; record_metrics adds the test's."""
     if trainer.is_global_zero:
         update_record(
             trainer.default_root_dir,
@@ -217,3 +217,9 @@ def record_training(
             step=trainer.global_step,
             metrics=dict(metrics),
         )
+
+
+def record_metrics(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """The final metrics after test: the rest of record_training's fields are unchanged."""
+    if trainer.is_global_zero:
+        update_record(trainer.default_root_dir, metrics=dict(metrics))

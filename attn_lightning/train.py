@@ -18,7 +18,7 @@ from attn_lightning.csv_logger import ResumableCSVLogger
 from attn_lightning.ddp_multirun import ddp_job_scope
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.lit_module import LitGPT
-from attn_lightning.run_record import record_training
+from attn_lightning.run_record import record_metrics, record_training
 from attn_lightning.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             checkpoint = trainer.checkpoint_callback
             best = "best" if checkpoint is not None and checkpoint.best_model_path else None
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
-            record_training(trainer, module, metrics | scalars(trainer.callback_metrics))
+            record_metrics(trainer, metrics | scalars(trainer.callback_metrics))
     return metrics | scalars(trainer.callback_metrics)
 
 
