@@ -7,11 +7,11 @@ one, never a half-written file under a checkpoint's name.
 Reading: `torch.load(weights_only=True)` unpickles only tensors and plain containers, so a
 file carrying a pickled object (which could run code) is refused. Our checkpoints contain only
 such data: the hyperparameters and tokenizer are plain dicts. The `_target_` entries in them
-are checked too, since instantiating them calls code: only `attn_lightning.*` is accepted,
-plus what the reader trusts explicitly (`trusted`: module prefixes or whole targets). A
-training run trusts the `_target_`s its own config names (`config_targets`), so a run with the
-user's own attention class reloads its own checkpoints; sampling or analysing such a file
-elsewhere needs `trust_targets=[my_attention]`.
+are checked too, since instantiating them calls code: only `attn_lightning.*` and
+torch.optim's optimizer classes are accepted, plus what the reader trusts explicitly
+(`trusted`: module prefixes or whole targets). A training run trusts the `_target_`s its own
+config names (`config_targets`), so a run with the user's own attention class reloads its own
+checkpoints; sampling or analysing such a file elsewhere needs `trust_targets=[my_attention]`.
 """
 
 from __future__ import annotations
@@ -59,9 +59,25 @@ def config_targets(*configs: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def torch_optimizers() -> frozenset[str]:
+    """torch.optim's optimizer classes by dotted name (`torch.optim.AdamW`): a checkpoint's
+    `optim._target_` (conf/optim/) names one, and building it runs only torch's code. Whole
+    names, not the `torch.optim.` prefix, which would reach whatever that module imports."""
+    return frozenset(
+        f"torch.optim.{name}"
+        for name, value in vars(torch.optim).items()
+        if isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
+    )
+
+
+TORCH_OPTIMIZERS = torch_optimizers()
+
+
 def is_trusted(target: str, trusted: Iterable[str]) -> bool:
-    """attn_lightning.* always; else `target` is one of `trusted` or inside one of them as a
-    module prefix (`my_attention` trusts `my_attention.MyAttention`)."""
+    """attn_lightning.* and torch.optim's optimizers always; else `target` is one of `trusted`
+    or inside one of them as a module prefix (`my_attention` trusts `my_attention.MyAttention`)."""
+    if target in TORCH_OPTIMIZERS:
+        return True
     trusted = tuple(str(t) for t in trusted)
     prefixes = [TRUSTED_TARGET_PREFIX, *(f"{t.rstrip('.')}." for t in trusted)]
     return target in trusted or any(target.startswith(prefix) for prefix in prefixes)

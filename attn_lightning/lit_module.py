@@ -23,23 +23,29 @@ from attn_lightning.model.gpt import GPT
 from attn_lightning.training.answers import exact_matches, greedy_answers
 from attn_lightning.training.metrics import StageMetrics
 from attn_lightning.training.nonfinite import NonFiniteLossGuard
-from attn_lightning.training.optim import adamw_with_schedule, check_optim
+from attn_lightning.training.optim import check_optim, optimizer_with_schedule, upgrade_legacy_optim
 
 EVAL_STAGES = ("val", "test", "test_long")
 
 
 class LitGPT(L.LightningModule):
-    """A GPT language model with AdamW and a warm-up + cosine schedule.
+    """A GPT language model with a torch optimizer (AdamW by default) and a warm-up + cosine
+    schedule.
 
     Args:
         model: GPT config with `_target_`; vocab_size comes from the tokenizer (a config value,
             if given, must agree with it).
         attention: attention factory config (`_target_`, `_partial_: true`, hyperparameters).
-        optim: lr, min_lr, warmup_steps, decay_steps, betas, weight_decay, on_nonfinite_loss,
-            max_nonfinite_skips.
+        optim: the optimizer's `_partial_` config (`_target_: torch.optim.AdamW`, lr, betas,
+            weight_decay, ...: conf/optim/). The flat dict of older checkpoints (lr, min_lr,
+            warmup_steps, ..., on_nonfinite_loss) is read too (training/optim.py).
         tokenizer: the tokenizer's state dict (`_target_` plus its vocabulary).
         layer_attention: {layer index: attention config} for the layers of a hybrid stack that
             do not use `attention` (None or empty: every layer does).
+        schedule: min_lr, warmup_steps, decay_steps of the warm-up + cosine schedule whose peak
+            is optim.lr (None: a constant rate).
+        on_nonfinite_loss, max_nonfinite_skips: what a NaN/inf loss does
+            (training/nonfinite.py).
     """
 
     def __init__(
@@ -49,13 +55,18 @@ class LitGPT(L.LightningModule):
         optim: dict[str, Any],
         tokenizer: dict[str, Any],
         layer_attention: dict[str, Any] | None = None,
+        schedule: dict[str, Any] | None = None,
+        on_nonfinite_loss: str = "stop",
+        max_nonfinite_skips: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_optim(optim)
+        self.optimizer_config, legacy_schedule, legacy_nonfinite = upgrade_legacy_optim(optim)
+        self.schedule = schedule if schedule is not None else legacy_schedule
+        check_optim(self.optimizer_config, self.schedule)
         self.nonfinite = NonFiniteLossGuard(
-            optim.get("on_nonfinite_loss", "stop"),
-            optim.get("max_nonfinite_skips", 0),
+            legacy_nonfinite.get("on_nonfinite_loss", on_nonfinite_loss),
+            legacy_nonfinite.get("max_nonfinite_skips", max_nonfinite_skips),
             self._last_checkpoint,
         )
         self.tokenizer = instantiate(tokenizer)
@@ -147,4 +158,4 @@ class LitGPT(L.LightningModule):
         self._evaluate(batch, self.test_splits[dataloader_idx])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_with_schedule(self.model, self.hparams.optim)
+        return optimizer_with_schedule(self.model, self.optimizer_config, self.schedule)

@@ -58,21 +58,19 @@ class TokenizerName(Name):
 
 
 @dataclass
-class OptimConfig:
-    lr: float = MISSING
+class ScheduleConfig:
+    """conf/train.yaml's `schedule`: warm-up + cosine decay from optim.lr to min_lr."""
+
     min_lr: float = MISSING
     warmup_steps: int = MISSING
     decay_steps: int = MISSING
-    betas: list[float] = MISSING
-    weight_decay: float = MISSING
-    on_nonfinite_loss: NonFiniteLoss = MISSING
-    max_nonfinite_skips: int = MISSING
 
 
 @dataclass
 class TrainConfig:
     """conf/train.yaml. The groups are typed by their own options' schemas (or not at all:
-    trainer, logger and callbacks are Lightning's and Hydra's, with their own checks)."""
+    trainer, logger and callbacks are Lightning's and Hydra's, optim torch's, with their own
+    checks)."""
 
     model: Any = MISSING
     attention: Any = MISSING
@@ -85,7 +83,14 @@ class TrainConfig:
     callbacks: Any = MISSING
     paths: Any = MISSING
     seed: int = MISSING
-    optim: OptimConfig = MISSING
+    # conf/optim/*: a torch optimizer's own keyword arguments, which differ per class (SGD has
+    # no betas), so no dataclass can type them; training/optim.py checks them against the
+    # class's signature before fit.
+    optim: Any = MISSING
+    schedule: ScheduleConfig | None = MISSING
+    on_nonfinite_loss: NonFiniteLoss = MISSING
+    max_nonfinite_skips: int = MISSING
+    compile: bool = MISSING
     ckpt_path: str | None = MISSING
     resume: Resume | None = MISSING
     checkpoint_every_n_steps: int = MISSING

@@ -30,6 +30,25 @@ def plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
+def build_module(cfg: DictConfig, tokenizer: dict[str, Any]) -> LitGPT:
+    """The LightningModule of a composed config; `compile=true` compiles its GPT in place
+    (`nn.Module.compile`: the parameters keep their names, so checkpoints hold no
+    `_orig_mod.` prefix and load into an eager model)."""
+    module = LitGPT(
+        model=plain(cfg.model),
+        attention=plain(cfg.attention),
+        optim=plain(cfg.optim),
+        tokenizer=tokenizer,
+        layer_attention=plain(cfg.layer_attention) or None,
+        schedule=None if cfg.schedule is None else plain(cfg.schedule),
+        on_nonfinite_loss=str(cfg.on_nonfinite_loss),
+        max_nonfinite_skips=cfg.max_nonfinite_skips,
+    )
+    if cfg.compile:
+        module.model.compile()
+    return module
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
@@ -41,9 +60,10 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def own_targets(cfg: DictConfig) -> tuple[str, ...]:
-    """The `_target_`s outside attn_lightning.* that this run's model and attention configs
-    (hybrid layers included) name, a user's own attention class: its checkpoints may name them."""
-    groups = ("model", "attention", "layer_attention")
+    """The `_target_`s outside attn_lightning.* that this run's model, attention (hybrid layers
+    included) and optimizer configs name, a user's own attention or optimizer class: its
+    checkpoints may name them."""
+    groups = ("model", "attention", "layer_attention", "optim")
     return config_targets(*(plain(cfg[group]) for group in groups if cfg.get(group)))
 
 
@@ -70,13 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(str(cfg.matmul_precision))
     datamodule = instantiate(plain(cfg.data))
-    module = LitGPT(
-        model=plain(cfg.model),
-        attention=plain(cfg.attention),
-        optim=plain(cfg.optim),
-        tokenizer=datamodule.tokenizer.state_dict(),
-        layer_attention=plain(cfg.layer_attention) or None,
-    )
+    module = build_module(cfg, datamodule.tokenizer.state_dict())
     trainer = build_trainer(cfg)
     trust_in_run(trainer, own_targets(cfg))  # test(ckpt_path="best") reloads this run's files
     for logger in trainer.loggers:

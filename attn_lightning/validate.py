@@ -29,7 +29,7 @@ def check_config(cfg: DictConfig) -> None:
     if not trainer.max_steps > 0:  # Lightning's -1 (no limit) leaves the schedule no end
         raise ConfigError(
             f"trainer.max_steps must be positive, got {trainer.max_steps} "
-            "(optim.decay_steps follows it)"
+            "(schedule.decay_steps follows it)"
         )
     _check_devices(trainer)
     _check_launcher(trainer)

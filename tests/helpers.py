@@ -160,9 +160,10 @@ def tiny_lit_gpt(
     n_head: int = 2,
     n_embd: int = 16,
     block_size: int = 32,
-    **optim: Any,
+    **settings: Any,
 ) -> LitGPT:
-    """A LitGPT with vanilla attention, AdamW without warm-up unless `optim` says otherwise."""
+    """A LitGPT with vanilla attention, AdamW without warm-up unless `settings` say otherwise
+    (schedule keys go to the schedule, the rest to the optimizer)."""
     model = {
         "_target_": "attn_lightning.model.gpt.GPT",
         "n_layer": n_layer,
@@ -170,15 +171,12 @@ def tiny_lit_gpt(
         "n_embd": n_embd,
         "block_size": block_size,
     }
-    defaults = {
-        "lr": 1e-3,
-        "min_lr": 1e-4,
-        "warmup_steps": 0,
-        "decay_steps": 1,
-        "betas": [0.9, 0.99],
-        "weight_decay": 0.0,
-    }
-    return LitGPT(model, dict(VANILLA), {**defaults, **optim}, tokenizer)
+    optim = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    optim |= {"betas": [0.9, 0.99], "weight_decay": 0.0}
+    schedule = {"min_lr": 1e-4, "warmup_steps": 0, "decay_steps": 1}
+    for key, value in settings.items():
+        (schedule if key in schedule else optim)[key] = value
+    return LitGPT(model, dict(VANILLA), optim, tokenizer, schedule=schedule)
 
 
 def quiet_trainer(**kwargs: Any) -> L.Trainer:

@@ -13,11 +13,20 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.train import build_trainer, plain
+from attn_lightning.train import build_module, build_trainer, plain
 from attn_lightning.training.optim import warmup_cosine
 
-GROUPS = ["model", "attention", "data", "trainer", "logger", "callbacks", "experiment", "debug"]
+GROUPS = [
+    "model",
+    "attention",
+    "optim",
+    "data",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "debug",
+]
 OPTIONS = [
     (group, path.stem)
     for group in GROUPS
@@ -39,9 +48,7 @@ def test_option_composes_and_instantiates(group, option, data_dir, tmp_path, mon
     use_data_dir(monkeypatch, data_dir)
     cfg = compose_train([f"{group}={option}"], tmp_path)
     dm = instantiate(cfg.data)
-    module = LitGPT(
-        plain(cfg.model), plain(cfg.attention), plain(cfg.optim), dm.tokenizer.state_dict()
-    )
+    module = build_module(cfg, dm.tokenizer.state_dict())
     assert module.model.block_size == cfg.model.block_size == dm.block_size
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         # GPU presets still build on a CPU machine apart from the device itself.
@@ -68,7 +75,7 @@ def test_presets_build_nanogpts_models(tmp_path):
 
 def test_the_schedule_and_the_model_follow_what_they_depend_on(tmp_path):
     cfg = compose_train(["trainer.max_steps=300", "data.block_size=48"], tmp_path)
-    assert cfg.optim.decay_steps == 300
+    assert cfg.schedule.decay_steps == 300
     assert cfg.model.block_size == 48
 
 
@@ -85,9 +92,7 @@ def test_weight_decay_applies_to_matrices_only(data_dir, tmp_path, monkeypatch):
     use_data_dir(monkeypatch, data_dir)
     cfg = compose_train(["model.bias=true"], tmp_path)
     dm = instantiate(cfg.data)
-    module = LitGPT(
-        plain(cfg.model), plain(cfg.attention), plain(cfg.optim), dm.tokenizer.state_dict()
-    )
+    module = build_module(cfg, dm.tokenizer.state_dict())
     groups = {g["name"]: g for g in module.configure_optimizers()["optimizer"].param_groups}
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in groups["decay"]["params"])

@@ -107,12 +107,12 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
     ("options", "expected"),
     [
         ([], "(1 non-finite so far)"),
-        (["optim.on_nonfinite_loss=skip", "optim.max_nonfinite_skips=2"], "(3 non-finite so far)"),
+        (["on_nonfinite_loss=skip", "max_nonfinite_skips=2"], "(3 non-finite so far)"),
     ],
     ids=["stop", "skip-then-stop"],
 )
 def test_nonfinite_loss_stops_with_step_and_checkpoint(data_dir, tmp_path, options, expected):
-    args = [*RUN, "trainer.max_steps=300", "optim.lr=1e4", "optim.warmup_steps=0", *options]
+    args = [*RUN, "trainer.max_steps=300", "optim.lr=1e4", "schedule.warmup_steps=0", *options]
     proc = run(args, tmp_path, data_dir)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -205,14 +205,22 @@ BAD_CONFIGS = [
     (["model.block_size=16"], "model.block_size=16 is shorter than the data's sequences"),
     (["model.n_layer=0"], "model.n_layer must be positive"),
     (["optim.lr=-1"], "optim.lr must be positive"),
-    (["optim.min_lr=0.5"], "optim.min_lr=0.5 exceeds optim.lr"),
+    (["schedule.min_lr=0.5"], "schedule.min_lr=0.5 exceeds optim.lr"),
+    (["optim.lr=four"], "optim.lr must be positive, got 'four'"),
+    # the optimizer's arguments, checked against its class (SGD has no betas)
+    (["optim=sgd", "+optim.betas=[0.9,0.99]"], "optim.betas is not an argument of torch.optim.SGD"),
+    (
+        ["optim._target_=torch.optim.Adamm"],
+        "optim._target_='torch.optim.Adamm' is not an importable",
+    ),
+    (["optim=sgd", "optim.momentum=-1"], "torch.optim.SGD refuses its arguments"),
     (["data.batch_size=0"], "data.batch_size must be positive"),
     (["trainer.max_steps=0"], "trainer.max_steps must be positive"),
     (["attention=nope"], "Available options in 'attention'"),
     # the typed schema (attn_lightning/schema.py): wrong types and unknown option values
     (["model.n_layer=four"], "Value 'four' of type 'str' could not be converted to Integer"),
     (["model.pos_embedding=lerned"], "Invalid value 'lerned', expected one of [learned, none]"),
-    (["optim.on_nonfinite_loss=halt"], "Invalid value 'halt', expected one of [stop, skip]"),
+    (["on_nonfinite_loss=halt"], "Invalid value 'halt', expected one of [stop, skip]"),
     (["resume=yes"], "Invalid value 'yes', expected one of [auto]"),
     (["data.tokenizer=bytes"], "Invalid value 'bytes', expected one of [char, bpe]"),
     (["data.val_fraction=a_lot"], "could not be converted to Float"),
@@ -274,7 +282,7 @@ def test_deferred_nonfinite_check_stops_and_never_saves_bad_weights(
     overrides = [o for o in RUN if not o.startswith("~")] + [
         "trainer.max_steps=300",
         "optim.lr=1e4",
-        "optim.warmup_steps=0",
+        "schedule.warmup_steps=0",
         "trainer.log_every_n_steps=50",
         "checkpoint_every_n_steps=1",
         f"paths.output_dir={tmp_path}",

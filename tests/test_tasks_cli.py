@@ -12,8 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.train import plain
+from attn_lightning.train import build_module
 
 TASKS = ["copy", "sorting", "arithmetic"]
 SHORT = [  # fewer steps and evaluation examples than the presets, same model
@@ -46,9 +45,7 @@ def compose_train(overrides: list[str]):
 def test_data_option_alone_sets_vocabulary_and_block_size(task: str):
     cfg = compose_train([f"data={task}"])
     dm = instantiate(cfg.data)
-    module = LitGPT(
-        plain(cfg.model), plain(cfg.attention), plain(cfg.optim), dm.tokenizer.state_dict()
-    )
+    module = build_module(cfg, dm.tokenizer.state_dict())
     assert module.model.vocab_size == cfg.data.vocab_size == len(dm.task.vocabulary)
     assert module.model.block_size == cfg.data.block_size >= dm.required_block_size(dm.task)
     preset = compose_train([f"experiment={task}"])

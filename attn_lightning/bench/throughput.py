@@ -34,16 +34,14 @@ from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.step_batches import step_loader
 from attn_lightning.data.windows import RandomWindowBatches
 from attn_lightning.lit_module import LitGPT
-from attn_lightning.train import build_trainer, plain
+from attn_lightning.train import build_module, build_trainer, plain
 
 
 def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:
     """The module (seeded init) and the step-indexed batches a training run would see."""
     L.seed_everything(cfg.seed, verbose=False)
     dm = instantiate(plain(cfg.data))
-    module = LitGPT(
-        plain(cfg.model), plain(cfg.attention), plain(cfg.optim), dm.tokenizer.state_dict()
-    )
+    module = build_module(cfg, dm.tokenizer.state_dict())
     batches = RandomWindowBatches(
         dm.splits[0], dm.block_size, dm.batch_size, num_batches=cfg.trainer.max_steps, seed=cfg.seed
     )

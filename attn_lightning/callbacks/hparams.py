@@ -76,8 +76,8 @@ class HParamsSummary(L.Callback):
     """Writes the HParams summaries into every TensorBoard logger's run, on rank 0.
 
     Args:
-        hparams: hyperparameters beside the module's own `model.*`, `attention.*` and `optim.*`
-            (the config passes seed and max_steps).
+        hparams: hyperparameters beside the module's own `model.*`, `attention.*`, `optim.*`
+            and `schedule.*` (the config passes seed and max_steps).
         choices: config groups whose chosen option is a hyperparameter too (`attention`: the
             variant's name; outside a Hydra run, its class name).
         test: whether the run is tested after fit: its test metrics are listed, and the run is
@@ -99,8 +99,8 @@ class HParamsSummary(L.Callback):
         attention = module_hparams.get("attention", {}).get("_target_")
         if attention and "attention" not in flat:  # outside a Hydra run: no option name
             flat["attention"] = class_name(attention)
-        for group in ("model", "attention", "optim"):
-            flat.update(scalar_leaves(module_hparams.get(group, {}), f"{group}."))
+        for group in ("model", "attention", "optim", "schedule"):
+            flat.update(scalar_leaves(module_hparams.get(group) or {}, f"{group}."))
         tokenizer = module_hparams.get("tokenizer", {}).get("_target_")
         if tokenizer:
             flat["tokenizer"] = class_name(tokenizer)

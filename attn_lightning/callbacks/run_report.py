@@ -116,7 +116,9 @@ class RunReport(L.Callback):
         config["attention"] = {k: v for k, v in hparams["attention"].items() if k != "_partial_"}
         if hparams.get("layer_attention"):  # a hybrid stack: each layer's variant
             config["attention_layout"] = attention_layout(pl_module)
-        config["optim"] = dict(hparams["optim"])
+        config["optim"] = {k: v for k, v in hparams["optim"].items() if k != "_partial_"}
+        if hparams.get("schedule"):
+            config["schedule"] = dict(hparams["schedule"])
         config["trainer"] = {
             "max_steps": trainer.max_steps,
             "precision": trainer.precision,

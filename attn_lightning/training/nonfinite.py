@@ -1,4 +1,4 @@
-"""What happens when the training loss becomes NaN or infinite (`optim.on_nonfinite_loss`).
+"""What happens when the training loss becomes NaN or infinite (`on_nonfinite_loss`).
 
 `stop`: training ends with a message naming the step and the last good checkpoint, and weights
 touched by a bad update are never saved. `skip`: the batch is skipped (no backward, no update)
@@ -41,7 +41,7 @@ class NonFiniteLossGuard:
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(
-                f"optim.on_nonfinite_loss={policy!r} is unknown: choose {' or '.join(POLICIES)}"
+                f"on_nonfinite_loss={policy!r} is unknown: choose {' or '.join(POLICIES)}"
             )
         self.policy = policy
         self.max_skips = max_skips
@@ -94,5 +94,5 @@ class NonFiniteLossGuard:
                 if last_good
                 else "No checkpoint was written yet. "
             )
-            + "Lower optim.lr, check the data, or set optim.on_nonfinite_loss=skip."
+            + "Lower optim.lr, check the data, or set on_nonfinite_loss=skip."
         )

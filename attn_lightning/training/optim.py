@@ -1,4 +1,11 @@
-"""AdamW with nanoGPT's parameter groups and its warm-up + cosine learning-rate schedule.
+"""The optimizer (any torch optimizer, a `_partial_` config: conf/optim/*), nanoGPT's parameter
+groups and its warm-up + cosine learning-rate schedule (conf/train.yaml's `schedule`).
+
+The optimizer node is the optimizer's own keyword arguments (`_target_: torch.optim.AdamW`,
+`lr`, `betas`, ...); it is instantiated here with the parameter groups, so another optimizer is
+a YAML file naming its class and arguments. Its arguments are checked against the class before
+fit (`check_optim`): a misspelt or foreign key fails in one line naming it, not in
+configure_optimizers after the model and trainer are built.
 
 torch's built-in schedulers chain a linear warm-up and a cosine decay only through
 SequentialLR, whose warm-up starts from a factor rather than nanoGPT's (step + 1) / (warmup + 1)
@@ -8,14 +15,97 @@ the project's figures (and nanoGPT's) were measured with.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from hydra.utils import get_class, instantiate
 from torch import nn
 
 from attn_lightning.errors import ConfigError
+
+# The keys of the flat `optim` dict that checkpoints written before conf/optim/ hold.
+LEGACY_SCHEDULE_KEYS = ("min_lr", "warmup_steps", "decay_steps")
+LEGACY_NONFINITE_KEYS = ("on_nonfinite_loss", "max_nonfinite_skips")
+
+
+def upgrade_legacy_optim(optim: Mapping[str, Any]) -> tuple[dict, dict | None, dict]:
+    """(optimizer config, schedule, non-finite policy) from the `optim` of a module's
+    hyperparameters: the flat AdamW dict of checkpoints written before conf/optim/ became a
+    group (lr, min_lr, warmup_steps, decay_steps, betas, weight_decay, on_nonfinite_loss,
+    max_nonfinite_skips) is split into the three; a current config comes back as it is."""
+    if "_target_" in optim:
+        return dict(optim), None, {}
+    optimizer = {
+        "_target_": "torch.optim.AdamW",
+        "_partial_": True,
+        **{k: v for k, v in optim.items() if k not in LEGACY_SCHEDULE_KEYS + LEGACY_NONFINITE_KEYS},
+    }
+    schedule = {k: optim[k] for k in LEGACY_SCHEDULE_KEYS if k in optim} or None
+    nonfinite = {k: optim[k] for k in LEGACY_NONFINITE_KEYS if k in optim}
+    return optimizer, schedule, nonfinite
+
+
+def optimizer_arguments(optim: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer's keyword arguments: the config minus Hydra's `_underscored_` keys."""
+    return {k: v for k, v in optim.items() if not (k.startswith("_") and k.endswith("_"))}
+
+
+def check_optim(optim: Mapping[str, Any], schedule: Mapping[str, Any] | None) -> None:
+    """Before fit: the optimizer class exists and takes every key given (its signature), it
+    accepts their values (built once on a dummy parameter: torch checks its own ranges), the
+    peak rate is positive and the schedule's floor is positive and at most the peak."""
+    target = optim.get("_target_")
+    try:
+        optimizer_class = get_class(str(target))
+    except (ImportError, ValueError):
+        raise ConfigError(
+            f"optim._target_={target!r} is not an importable class: name a torch optimizer "
+            "(torch.optim.AdamW) or pick an option of conf/optim/"
+        ) from None
+    arguments = optimizer_arguments(optim)
+    signature = inspect.signature(optimizer_class)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    accepted = [name for name in signature.parameters if name != "params"]
+    for key in arguments:
+        if key not in accepted and not takes_any:
+            raise ConfigError(
+                f"optim.{key} is not an argument of {target} (it takes {', '.join(accepted)}): "
+                f"drop it (~optim.{key}) or pick the optimizer that has it"
+            )
+    lr = arguments.get("lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"optim.lr must be positive, got {lr!r}")
+    try:
+        build_optimizer([nn.Parameter(torch.zeros(1))], optim)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"optim: {target} refuses its arguments {arguments}: {error}") from None
+    if schedule is None:
+        return
+    peak = optimizer_rate(optim)
+    if not schedule["min_lr"] > 0:
+        raise ConfigError(f"schedule.min_lr must be positive, got {schedule['min_lr']}")
+    if schedule["min_lr"] > peak:
+        raise ConfigError(
+            f"schedule.min_lr={schedule['min_lr']} exceeds optim.lr={peak}: the schedule decays "
+            "from optim.lr down to schedule.min_lr"
+        )
+
+
+def build_optimizer(params: Any, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The configured optimizer over `params` (tensors or parameter groups); plain containers
+    in its arguments (a checkpoint's optimizer state holds no OmegaConf nodes)."""
+    return instantiate(dict(optim), _convert_="all")(params)
+
+
+def optimizer_rate(optim: Mapping[str, Any]) -> float:
+    """The configured peak learning rate (the class's default when the config gives none)."""
+    if "lr" in optim:
+        return float(optim["lr"])
+    default = inspect.signature(get_class(optim["_target_"])).parameters["lr"].default
+    return float(default)
 
 
 def warmup_cosine(
@@ -30,39 +120,28 @@ def warmup_cosine(
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def check_optim(optim: Mapping[str, Any]) -> None:
-    """The settings' own ranges: a positive peak and floor, the floor at most the peak."""
-    for key in ("lr", "min_lr"):
-        if not optim[key] > 0:
-            raise ConfigError(f"optim.{key} must be positive, got {optim[key]}")
-    if optim["min_lr"] > optim["lr"]:
-        raise ConfigError(
-            f"optim.min_lr={optim['min_lr']} exceeds optim.lr={optim['lr']}: the schedule decays "
-            "from lr down to min_lr"
-        )
-
-
-def adamw_with_schedule(model: nn.Module, optim: Mapping[str, Any]) -> dict[str, Any]:
-    """`configure_optimizers`' answer: AdamW with weight decay on matrices (and embeddings)
-    only, as nanoGPT, and the per-step schedule logged as `train/lr`."""
+def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """nanoGPT's groups: weight decay (the optimizer's `weight_decay`, from the config) on
+    matrices and embeddings, none on biases and norm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {
-            "name": "decay",
-            "params": [p for p in params if p.dim() >= 2],
-            "weight_decay": optim["weight_decay"],
-        },
+    return [
+        {"name": "decay", "params": [p for p in params if p.dim() >= 2]},
         {"name": "no_decay", "params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
-    schedule = (
-        optim["lr"],
-        optim["min_lr"],
-        optim["warmup_steps"],
-        optim["decay_steps"],
-    )
+
+
+def optimizer_with_schedule(
+    model: nn.Module, optim: Mapping[str, Any], schedule: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """`configure_optimizers`' answer: the configured optimizer over nanoGPT's groups, and the
+    per-step warm-up + cosine schedule logged as `train/lr` (no schedule: a constant rate)."""
+    optimizer = build_optimizer(parameter_groups(model), optim)
+    if schedule is None:
+        return {"optimizer": optimizer}
+    peak = optimizer_rate(optim)
+    steps = (peak, schedule["min_lr"], schedule["warmup_steps"], schedule["decay_steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, *schedule) / optim["lr"]
+        optimizer, lambda step: warmup_cosine(step, *steps) / peak
     )
     return {
         "optimizer": optimizer,

@@ -43,5 +43,5 @@ def test_deferred_record_names_the_first_bad_step_when_read_back(monkeypatch):
 
 
 def test_unknown_policy_is_refused_by_name():
-    with pytest.raises(ConfigError, match=r"optim\.on_nonfinite_loss='halt'"):
+    with pytest.raises(ConfigError, match=r"on_nonfinite_loss='halt'"):
         NonFiniteLossGuard("halt", 0, lambda: None)
