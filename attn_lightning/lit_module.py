@@ -9,6 +9,7 @@ delegates has its own home in `attn_lightning/training/`: the optimiser and sche
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ class LitGPT(L.LightningModule):
         self.answer_metrics = False  # set in setup() from the datamodule
         self.teacher_forced_answers = False
         self.test_splits: tuple[str, ...] = LanguageModelData.test_splits
+        self.compiled_forward: Callable[..., Any] | None = None  # compile_training_forward()
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -105,9 +107,20 @@ class LitGPT(L.LightningModule):
     def forward(self, idx: Tensor, targets: Tensor | None = None):
         return self.model(idx, targets)
 
+    def compile_training_forward(self, **options: Any) -> None:
+        """`compile=true`: training steps run the GPT through `torch.compile`. Only training:
+        evaluation batches and decoding (one more token per call) have other shapes, each of
+        which would compile again (~40 s on a CPU). The compiled function is not a submodule,
+        so the weights keep their names (no `_orig_mod.` prefix in checkpoints)."""
+        self.compiled_forward = torch.compile(self.model.forward, **options)
+
+    def training_forward(self, idx: Tensor, targets: Tensor):
+        """The GPT's forward of a training step: compiled after compile_training_forward()."""
+        return (self.compiled_forward or self.model)(idx, targets)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, y = batch
-        loss = self.model(x, y).loss
+        loss = self.training_forward(x, y).loss
         log_step = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
         check_now = self.global_step % self.trainer.log_every_n_steps == 0
         if self.nonfinite.skip_batch(loss, self.global_step, check_now):

@@ -31,9 +31,8 @@ def plain(cfg: DictConfig) -> dict:
 
 
 def build_module(cfg: DictConfig, tokenizer: dict[str, Any]) -> LitGPT:
-    """The LightningModule of a composed config; `compile=true` compiles its GPT in place
-    (`nn.Module.compile`: the parameters keep their names, so checkpoints hold no
-    `_orig_mod.` prefix and load into an eager model)."""
+    """The LightningModule of a composed config; `compile=true` runs its GPT's training
+    steps through torch.compile (LitGPT.compile_training_forward)."""
     module = LitGPT(
         model=plain(cfg.model),
         attention=plain(cfg.attention),
@@ -45,7 +44,7 @@ def build_module(cfg: DictConfig, tokenizer: dict[str, Any]) -> LitGPT:
         max_nonfinite_skips=cfg.max_nonfinite_skips,
     )
     if cfg.compile:
-        module.model.compile()
+        module.compile_training_forward()
     return module
 
 

@@ -16,6 +16,7 @@ import lightning as L
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from attn_lightning.data.shakespeare import ShakespeareDataModule
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.variants import AttentionFactory, attention_factory, variant_options
 
@@ -177,6 +178,28 @@ def tiny_lit_gpt(
     for key, value in settings.items():
         (schedule if key in schedule else optim)[key] = value
     return LitGPT(model, dict(VANILLA), optim, tokenizer, schedule=schedule)
+
+
+TINY_TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
+
+
+def tiny_text_datamodule(directory: Path, block_size: int = 16) -> ShakespeareDataModule:
+    """The text datamodule over a small generated corpus written to `directory` (no download),
+    its data prepared: step-indexed batches of 4 windows, 8 validation windows."""
+    path = directory / "corpus.txt"
+    path.write_text(TINY_TEXT)
+    dm = ShakespeareDataModule(
+        data_dir=str(directory),
+        url="http://127.0.0.1:9/never-contacted",
+        sha256="",
+        path=str(path),
+        block_size=block_size,
+        batch_size=4,
+        val_windows=8,
+        eval_batch_size=8,
+    )
+    dm.prepare_data()
+    return dm
 
 
 def quiet_trainer(**kwargs: Any) -> L.Trainer:

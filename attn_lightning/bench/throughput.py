@@ -49,16 +49,18 @@ def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:
 
 
 class PlainLoop:
-    """A hand-written loop doing the same optimisation as the Trainer: AdamW + schedule from
-    the module, gradient clipping from the trainer config, the trainer's device and bf16
-    autocast when its precision asks for it."""
+    """A hand-written loop doing the same optimisation as the Trainer: the optimizer and
+    schedule from the module (its training forward, compiled when compile=true), gradient
+    clipping from the trainer config, the trainer's device and bf16 autocast when its precision
+    asks for it."""
 
     def __init__(self, cfg: Any) -> None:
-        module, batches = build(cfg)
+        module, batches = build(cfg)  # compile=true: its training forward is compiled
         use_cuda = cfg.trainer.accelerator in ("gpu", "cuda") or (
             cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
         )
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.module = module
         self.model = module.model.to(self.device).train()
         config = module.configure_optimizers()
         self.optimizer = config["optimizer"]
@@ -75,7 +77,7 @@ class PlainLoop:
         x, y = next(self.batches)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self.autocast:
-            loss = self.model(x, y).loss
+            loss = self.module.training_forward(x, y).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip:

@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from helpers import quiet_trainer, tiny_lit_gpt
+from helpers import quiet_trainer, tiny_lit_gpt, tiny_text_datamodule
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.data.shakespeare import ShakespeareDataModule
 from attn_lightning.training.metrics import METRICS
-
-TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
 
 
 def early_stopping_config(option: str, overrides: list[str], tmp_path: Path):
@@ -28,19 +25,7 @@ def early_stopping_config(option: str, overrides: list[str], tmp_path: Path):
 
 
 def steps_trained(early_stopping_cfg, tmp_path: Path) -> int:
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    dm = ShakespeareDataModule(
-        data_dir=str(tmp_path),
-        url="http://127.0.0.1:9/never-contacted",
-        sha256="",
-        path=str(path),
-        block_size=16,
-        batch_size=4,
-        val_windows=8,
-        eval_batch_size=8,
-    )
-    dm.prepare_data()
+    dm = tiny_text_datamodule(tmp_path)
     torch.manual_seed(0)
     trainer = quiet_trainer(
         max_steps=12,

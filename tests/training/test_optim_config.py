@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import quiet_trainer, tiny_lit_gpt
+from helpers import quiet_trainer, tiny_lit_gpt, tiny_text_datamodule
 from hydra import compose, initialize_config_dir
 
 from attn_lightning.checkpoint import load_checkpoint
@@ -18,7 +18,6 @@ from attn_lightning.data.shakespeare import ShakespeareDataModule
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.train import build_module
 
-TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
 # `optim` as checkpoints before conf/optim/ saved it: AdamW's settings, schedule and policy.
 FLAT_OPTIM = {
     "lr": 3e-3,
@@ -49,23 +48,6 @@ def test_optim_sgd_builds_sgd_over_the_decay_groups_under_the_schedule(tmp_path:
     assert groups["decay"]["lr"] == pytest.approx(0.1 / (cfg.schedule.warmup_steps + 1))
 
 
-def text_datamodule(tmp_path: Path) -> ShakespeareDataModule:
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    dm = ShakespeareDataModule(
-        data_dir=str(tmp_path),
-        url="http://127.0.0.1:9/never-contacted",
-        sha256="",
-        path=str(path),
-        block_size=16,
-        batch_size=4,
-        val_windows=8,
-        eval_batch_size=8,
-    )
-    dm.prepare_data()
-    return dm
-
-
 def fit(module: LitGPT, dm: ShakespeareDataModule, steps: int, ckpt_path: Path | None = None):
     trainer = quiet_trainer(
         max_steps=steps, limit_val_batches=0, enable_checkpointing=False, num_sanity_val_steps=0
@@ -79,7 +61,7 @@ def weights(module: LitGPT) -> torch.Tensor:
 
 
 def test_a_flat_optim_checkpoint_loads_and_resumes_as_if_never_stopped(tmp_path: Path):
-    dm = text_datamodule(tmp_path)
+    dm = tiny_text_datamodule(tmp_path)
     tokenizer = dm.tokenizer.state_dict()
     model = {"_target_": "attn_lightning.model.gpt.GPT", "n_layer": 1, "n_head": 2}
     model |= {"n_embd": 16, "block_size": 16}
