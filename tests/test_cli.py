@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import TINY, events, run_cli, run_dirs
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,31 @@ def test_tensorboard_holds_every_metric_and_a_text_sample(single_run: Path):
     assert len(samples) == 2
     text = samples[-1].tensor_proto.string_val[0].decode()
     assert len(text.strip()) > 0
+
+
+def test_custom_scalars_open_on_health_with_attention_collapsed_below(single_run: Path):
+    acc = events(single_run)
+    (written,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(written.tensor_proto.string_val[0])
+    scalars = set(acc.Tags()["scalars"])
+
+    def plotted(chart: layout_pb2.Chart) -> set[str]:
+        return {t for t in scalars if any(re.search(r, t) for r in chart.multiline.tag)}
+
+    health, *attention = layout.category
+    assert health.title == "health" and not health.closed
+    assert attention and all(category.closed for category in attention)
+    charts = {chart.title: plotted(chart) for chart in health.chart}
+    assert charts["loss (train, val)"] == {"train/loss", "val/loss"}
+    assert all(charts.values()), f"health charts that match no metric: {charts}"
+    below = set().union(*(plotted(chart) for c in attention for chart in c.chart))
+    assert below == {t for t in scalars if t.startswith("attn/")}
+
+
+def test_train_log_holds_lightnings_own_messages(single_run: Path):
+    log = (single_run / "train.log").read_text()
+    assert "`Trainer.fit` stopped: `max_steps=12` reached." in log
+    assert "GPU available: " in log
 
 
 def test_checkpoint_alone_rebuilds_model_and_samples_text(single_run: Path, data_dir: Path):
