@@ -16,6 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from attn_lightning.errors import ConfigError
+from attn_lightning.loggers import check_logger_packages
+from attn_lightning.variants import check_option_types, variant_names
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -31,8 +33,32 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.max_steps must be positive, got {trainer.max_steps} "
             "(schedule.decay_steps follows it)"
         )
+    _check_attention(cfg)
+    _check_trainer_values(cfg)
     _check_devices(trainer)
     _check_launcher(trainer)
+    check_logger_packages(cfg.logger)
+
+
+def _check_attention(cfg: DictConfig) -> None:
+    """The chosen variant's hyperparameters have its YAML's types (variants.py)."""
+    if not HydraConfig.initialized():
+        return
+    choice = HydraConfig.get().runtime.choices.get("attention")
+    if choice in variant_names():
+        check_option_types(choice, cfg.attention)
+
+
+def _check_trainer_values(cfg: DictConfig) -> None:
+    """Values Lightning or numpy accept silently or refuse with a traceback."""
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and not clip >= 0:
+        raise ConfigError(f"trainer.gradient_clip_val must be >= 0 or null, got {clip}")
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if not (isinstance(accumulate, int) and accumulate >= 1):
+        raise ConfigError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
 
 
 def _check_devices(trainer: DictConfig) -> None:

@@ -1,5 +1,6 @@
-"""Attention maps in TensorBoard's images tab: a fixed validation sequence through the model at
-every n-th validation, one image per layer (`attn/<layer>/maps`), one heatmap per head."""
+"""Attention maps as images (TensorBoard's Images tab, MLflow, W&B: loggers.py): a fixed
+validation sequence through the model at every n-th validation, one image per layer
+(`attn/<layer>/maps`), one heatmap per head."""
 
 from __future__ import annotations
 
@@ -9,19 +10,16 @@ from torch import Tensor
 
 from attn_lightning.analysis.plots import attention_heads, figure_rgb
 from attn_lightning.analysis.probe import probe
-from attn_lightning.callbacks.validation_probe import (
-    EveryNValidations,
-    first_validation_inputs,
-    tensorboard_loggers,
-)
+from attn_lightning.callbacks.validation_probe import EveryNValidations, first_validation_inputs
+from attn_lightning.loggers import log_image, media_loggers
 
 
 class AttentionMaps(L.Callback):
     """Logs the attention each layer's heads apply to the probe sequence (the first validation
     window, cut to `max_tokens`), with its characters on the axes when short enough to read.
 
-    Rank 0 only; runs after validation, one forward pass of one sequence. Without a TensorBoard
-    logger, or with `every_n_validations: 0`, it does nothing.
+    Rank 0 only; runs after validation, one forward pass of one sequence. Without a logger that
+    takes images (TensorBoard, MLflow, W&B), or with `every_n_validations: 0`, it does nothing.
     """
 
     def __init__(self, every_n_validations: int = 1, max_tokens: int | None = None) -> None:
@@ -31,8 +29,7 @@ class AttentionMaps(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loggers = tensorboard_loggers(trainer)
-        if not loggers or not self.due(trainer):
+        if not media_loggers(trainer) or not self.due(trainer):
             return
         if self._probe is None:
             self._probe = first_validation_inputs(trainer, 1)
@@ -48,6 +45,4 @@ class AttentionMaps(L.Callback):
             fig = attention_heads(
                 attention.applied[0].cpu(), tokens, f"layer {layer} attention at step {step}"
             )
-            image = figure_rgb(fig)
-            for logger in loggers:
-                logger.experiment.add_image(f"attn/{layer}/maps", image, step, dataformats="HWC")
+            log_image(trainer, f"attn/{layer}/maps", figure_rgb(fig), step)

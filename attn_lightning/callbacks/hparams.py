@@ -23,6 +23,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from attn_lightning.analysis.report import flatten
+from attn_lightning.loggers import log_run_parameters
 from attn_lightning.run_record import chosen_option, class_name
 from attn_lightning.training.metrics import ANSWER_METRICS, METRICS
 
@@ -73,7 +74,8 @@ def session_end_summary(status: int) -> Summary:
 
 
 class HParamsSummary(L.Callback):
-    """Writes the HParams summaries into every TensorBoard logger's run, on rank 0.
+    """Writes the HParams summaries into every TensorBoard logger's run, on rank 0; MLflow and
+    W&B get the config choices and `hparams` as parameters (Lightning logs the module's own).
 
     Args:
         hparams: hyperparameters beside the module's own `model.*`, `attention.*`, `optim.*`
@@ -122,6 +124,7 @@ class HParamsSummary(L.Callback):
             self.hyperparameters(pl_module), dict.fromkeys(tags, 0.0)
         )
         self._write(trainer, experiment, session_start)
+        log_run_parameters(trainer, scalar_leaves(self.extra))  # MLflow params, W&B config
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,14 +1,14 @@
-"""A few decoded task examples (prompt, expected, produced) at each validation, logged to
-TensorBoard's text tab as a table."""
+"""A few decoded task examples (prompt, expected, produced) at each validation, logged as a
+markdown table (TensorBoard's Text tab, an MLflow artifact, a W&B table: loggers.py)."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from attn_lightning.data.interface import IGNORE, LanguageModelData
+from attn_lightning.loggers import log_text, media_loggers
 from attn_lightning.training.answers import greedy_answers
 
 
@@ -46,7 +46,7 @@ class TaskExamples(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         answers = isinstance(datamodule, LanguageModelData) and datamodule.answer_metrics
-        if trainer.sanity_checking or not answers:
+        if trainer.sanity_checking or not answers or not media_loggers(trainer):
             return
         inputs, targets = datamodule.eval_set("val")[: self.num_examples]
         was_training = pl_module.training
@@ -63,8 +63,4 @@ class TaskExamples(L.Callback):
         for prompt, expected, produced in rows:
             mark = "ok" if produced == expected else "**wrong**"
             lines.append(f"| `{prompt}` | `{expected}` | `{produced}` | {mark} |")
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text(
-                    "samples/task_examples", "\n".join(lines), trainer.global_step
-                )
+        log_text(trainer, "samples/task_examples", "\n".join(lines), trainer.global_step)

@@ -1,11 +1,13 @@
-"""A text sample from a fixed prompt at each validation, logged to TensorBoard's text tab."""
+"""A text sample from a fixed prompt at each validation, logged as text (TensorBoard's Text tab,
+an MLflow artifact, a W&B table: loggers.py)."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from attn_lightning.loggers import log_text, media_loggers
 
 
 class TextSample(L.Callback):
@@ -28,7 +30,7 @@ class TextSample(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not media_loggers(trainer):
             return
         tokenizer = pl_module.tokenizer
         idx = tokenizer.encode(self.prompt)[None].to(pl_module.device)
@@ -37,8 +39,4 @@ class TextSample(L.Callback):
             idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator
         )
         text = tokenizer.decode(out[0].tolist())
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # TensorBoard renders markdown: indent four spaces to keep line breaks.
-                body = "\n".join("    " + line for line in text.splitlines())
-                logger.experiment.add_text("samples/text", body, trainer.global_step)
+        log_text(trainer, "samples/text", text, trainer.global_step, verbatim=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 
@@ -22,10 +21,6 @@ def first_validation_inputs(trainer: L.Trainer, max_sequences: int) -> Tensor | 
         return None
     inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
     return inputs[:max_sequences].detach().cpu()
-
-
-def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
-    return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
 class EveryNValidations:
