@@ -19,8 +19,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,10 +38,11 @@ from attn_lightning.analysis.report import markdown_table, stats_table
 from attn_lightning.analysis.stats import head_statistics
 from attn_lightning.atomic import write_text
 from attn_lightning.checkpoint import load_checkpoint
-from attn_lightning.config import CONFIG_DIR
-from attn_lightning.errors import exit_on_user_error
+from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.errors import ConfigError
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.sample import resolve_device
+from attn_lightning.schema import AnalyzeConfig
 from attn_lightning.variants import build_attention, variant_names
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,30 @@ def run_dir_of(ckpt_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
+def command_line_data_keys() -> tuple[bool, list[str]]:
+    """Whether the command line picked a `data=<option>`, and the `data.<key>` it set."""
+    if not HydraConfig.initialized():
+        return False, []
+    overrides = [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
+    option = any(o.startswith("data=") for o in overrides)
+    keys = [o.split("=", 1)[0].removeprefix("data.") for o in overrides if o.startswith("data.")]
+    return option, keys
+
+
 def data_config(cfg: DictConfig, run_dir: Path, block_size: int) -> tuple[Any, str]:
-    """The data config to validate on, and where it came from."""
+    """The data config to validate on, and where it came from: the run's own (its
+    .hydra/config.yaml) with the command line's `data.<key>=...` on top, unless the command
+    line picks a `data=<option>` or there is no saved run config."""
+    option, keys = command_line_data_keys()
     saved = run_dir / ".hydra" / "config.yaml"
-    if saved.is_file():
+    if saved.is_file() and not option:
         run_cfg = OmegaConf.load(saved)
         if "data" in run_cfg:
-            return OmegaConf.to_container(run_cfg.data, resolve=True), str(saved)
+            data = OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+            for key in keys:  # the user's value wins over the run's, as everywhere else
+                OmegaConf.update(data, key, OmegaConf.select(cfg.data, key), force_add=True)
+            given = f" with {', '.join(f'data.{k}' for k in keys)} from the command line"
+            return OmegaConf.to_container(data, enum_to_str=True), str(saved) + (given * bool(keys))
     data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
     # windows as long as the checkpoint's model takes, whatever the data option's default
     return data | {"block_size": block_size}, "the data options of conf/analyze.yaml"
@@ -74,7 +92,7 @@ def validation_batches(
     datamodule.prepare_data()
     datamodule.setup("validate")
     if datamodule.tokenizer.state_dict() != module.tokenizer.state_dict():
-        raise ValueError(
+        raise ConfigError(
             f"the validation data ({source}) has another vocabulary than the checkpoint: point "
             "the data options of conf/analyze.yaml at the data the model was trained on"
         )
@@ -119,19 +137,39 @@ def ablation_lines(study: Ablation, top_k: int) -> list[str]:
     return lines
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """The settings' own ranges, before the checkpoint is read."""
+    if not cfg.text:
+        raise ConfigError("text is empty: pass text='\"some characters\"'")
+    counts = {
+        "ablation.max_batches": cfg.ablation.max_batches,
+        "ablation.top_k": cfg.ablation.top_k,
+        "masks.seq_len": cfg.masks.seq_len,
+        "masks.n_embd": cfg.masks.n_embd,
+        "masks.n_head": cfg.masks.n_head,
+    }
+    for key, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.masks.n_embd % cfg.masks.n_head:
+        raise ConfigError(
+            f"masks.n_embd={cfg.masks.n_embd} is not divisible by masks.n_head="
+            f"{cfg.masks.n_head}: the masks' model needs whole heads"
+        )
+
+
 def analyze(cfg: DictConfig) -> dict[str, Path]:
     """Run every analysis; returns {description: file written}."""
+    check_settings(cfg)
     device = resolve_device(cfg.device)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     module = load_checkpoint(ckpt_path, map_location=device, trusted=cfg.trust_targets)
     model, tokenizer = module.model, module.tokenizer
     run_dir = run_dir_of(ckpt_path)
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else run_dir / "analysis"
-    if not cfg.text:
-        raise ValueError("text is empty: pass text='\"some characters\"'")
     idx = tokenizer.encode(cfg.text)[None].to(device)
     if idx.size(1) > model.block_size:
-        raise ValueError(
+        raise ConfigError(
             f"text has {idx.size(1)} tokens, more than the model's block_size "
             f"{model.block_size}: shorten it"
         )
@@ -179,8 +217,7 @@ def analyze(cfg: DictConfig) -> dict[str, Path]:
     return files
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
-@exit_on_user_error
+@hydra_entry_point("analyze", schema=AnalyzeConfig)
 def main(cfg: DictConfig) -> None:
     files = analyze(cfg)
     summary = files["summary"].read_text(encoding="utf-8")

@@ -15,7 +15,6 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException
@@ -30,20 +29,54 @@ from attn_lightning.analysis.contract import (
     table,
 )
 from attn_lightning.attention.base import CausalSelfAttention
-from attn_lightning.config import CONFIG_DIR
-from attn_lightning.errors import ConfigError, exit_on_user_error
+from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.errors import ConfigError, UserError, exit_on_user_error
 from attn_lightning.variants import attention_factory, variant_config, variant_names
 
 BASE = f"{CausalSelfAttention.__module__}.{CausalSelfAttention.__qualname__}"
 
 
-def dataclass_from(cls: type, cfg: DictConfig) -> Any:
-    """`cls` from the config keys that are its fields (lists become tuples)."""
+# Settings that may be 0 (conf/check.yaml); every other one must be positive.
+LEAST = {"prefill": 0, "warmup": 0, "seed": 0, "output_atol": 0.0, "atol": 0.0, "rtol": 0.0}
+
+
+def dataclass_from(cls: type, cfg: DictConfig, prefix: str) -> Any:
+    """`cls` from the config keys that are its fields (lists become tuples), each checked
+    against its default's type and its least value: a bad size is bad input (exit 2), not a
+    failed check."""
     values = OmegaConf.to_container(cfg, resolve=True)
-    names = {f.name for f in fields(cls)}
-    return cls(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
-    )
+    chosen = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        value, default = values[f.name], f.default
+        items = value if isinstance(default, tuple) else [value]
+        if isinstance(default, tuple) and not (isinstance(value, list) and value):
+            raise ConfigError(f"{prefix}.{f.name}={value} must be a non-empty list, e.g. [256]")
+        kind = type(default[0]) if isinstance(default, tuple) else type(default)
+        for item in items:
+            number = isinstance(item, int | float) and not isinstance(item, bool)
+            if not number or (kind is int and not isinstance(item, int)):
+                raise ConfigError(f"{prefix}.{f.name}={item!r} is not {kind.__name__}")
+            least = LEAST.get(f.name)
+            if least is not None and item < least:
+                raise ConfigError(f"{prefix}.{f.name} must be >= {least}, got {item}")
+            if least is None and not item > 0:
+                raise ConfigError(f"{prefix}.{f.name} must be positive, got {item}")
+        chosen[f.name] = tuple(value) if isinstance(default, tuple) else value
+    return cls(**chosen)
+
+
+def check_sizes(sizes: ContractSizes) -> None:
+    """What the sizes must share: whole heads and a prefill inside the sequence."""
+    if sizes.n_embd % sizes.n_head:
+        raise ConfigError(
+            f"sizes.n_embd={sizes.n_embd} is not divisible by sizes.n_head={sizes.n_head}"
+        )
+    if sizes.prefill >= sizes.length:
+        raise ConfigError(
+            f"sizes.prefill={sizes.prefill} must be below sizes.length={sizes.length}"
+        )
 
 
 def user_factory(attention: DictConfig) -> AttentionFactory:
@@ -102,9 +135,18 @@ def check_attention_option(args: list[str]) -> None:
 
 def check(cfg: DictConfig) -> bool:
     """Run and print the contract; True when every check passed."""
+    sizes = dataclass_from(ContractSizes, cfg.sizes, "sizes")
+    check_sizes(sizes)
+    if not isinstance(cfg.timing.enabled, bool):
+        raise ConfigError(f"timing.enabled={cfg.timing.enabled!r} is not true or false")
+    timing = dataclass_from(TimingSizes, cfg.timing, "timing") if cfg.timing.enabled else None
     label, factory = attention_under_test(cfg.attention)
-    sizes = dataclass_from(ContractSizes, cfg.sizes)
-    timing = dataclass_from(TimingSizes, cfg.timing) if cfg.timing.enabled else None
+    try:  # hyperparameters the variant refuses are bad input (exit 2), not a failed check
+        factory(n_embd=sizes.n_embd, n_head=sizes.n_head, block_size=sizes.length)
+    except UserError:
+        raise
+    except Exception:  # any other construction failure: the contract reports it as a row
+        pass
     print(
         f"contract of {label}: batch {sizes.batch_size}, n_embd {sizes.n_embd}, "
         f"n_head {sizes.n_head}, T {sizes.length}"
@@ -119,8 +161,7 @@ def check(cfg: DictConfig) -> bool:
     return not failed
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="check")
-@exit_on_user_error
+@hydra_entry_point("check")
 def hydra_main(cfg: DictConfig) -> None:
     if not check(cfg):
         sys.exit(1)

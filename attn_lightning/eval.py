@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -42,13 +41,14 @@ from attn_lightning.analysis.plots import save_png
 from attn_lightning.analyze import data_config, run_dir_of
 from attn_lightning.atomic import write_text
 from attn_lightning.checkpoint import load_checkpoint
-from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.shakespeare import ShakespeareDataModule
-from attn_lightning.errors import CheckpointError, ConfigError, exit_on_user_error
+from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.errors import CheckpointError, ConfigError
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.model.gpt import GPT
 from attn_lightning.run_record import class_name, read_record
 from attn_lightning.sample import resolve_device
+from attn_lightning.schema import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,7 @@ def write_outputs(
     return files
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-@exit_on_user_error
+@hydra_entry_point("eval", schema=EvalConfig)
 def main(cfg: DictConfig) -> None:
     _, files = evaluate(cfg)
     print(files["table"].read_text(encoding="utf-8").rstrip())

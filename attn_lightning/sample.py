@@ -13,14 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from attn_lightning.checkpoint import load_checkpoint
-from attn_lightning.config import CONFIG_DIR
-from attn_lightning.errors import ConfigError, UserError, exit_on_user_error
+from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.errors import ConfigError, UserError
 from attn_lightning.model.sampling import Sampler
+from attn_lightning.schema import SampleConfig
 
 SEPARATOR = "\n----\n"  # between samples when num_samples > 1
 
@@ -141,8 +141,7 @@ def _print_now(text: str) -> None:
     sys.stdout.flush()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
-@exit_on_user_error
+@hydra_entry_point("sample", schema=SampleConfig)
 def main(cfg: DictConfig) -> None:
     if cfg.stream:
         sample(cfg, on_text=_print_now)

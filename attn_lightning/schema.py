@@ -199,11 +199,63 @@ class SampleConfig:
     trust_targets: list[str] = MISSING
 
 
+@dataclass
+class EvalConfig:
+    """conf/eval.yaml (attn_lightning/eval.py)."""
+
+    paths: Any = MISSING
+    data: Any = MISSING
+    ckpts: Any = MISSING  # one path, or a list of them
+    lengths: Any = MISSING  # a list of token counts or null (eval.py checks each entry)
+    split: str = MISSING
+    max_tokens: int | None = MISSING
+    batch_tokens: int = MISSING
+    plot: bool = MISSING
+    labels: list[str] | None = MISSING
+    output_dir: str = MISSING
+    device: str = MISSING
+    seed: int = MISSING
+    trust_targets: list[str] = MISSING
+
+
+@dataclass
+class AblationConfig:
+    enabled: bool = MISSING
+    max_batches: int = MISSING
+    top_k: int = MISSING
+
+
+@dataclass
+class MasksConfig:
+    enabled: bool = MISSING
+    seq_len: int = MISSING
+    n_embd: int = MISSING
+    n_head: int = MISSING
+
+
+@dataclass
+class AnalyzeConfig:
+    """conf/analyze.yaml (attn_lightning/analyze.py)."""
+
+    paths: Any = MISSING
+    data: Any = MISSING
+    ckpt_path: str = MISSING
+    text: str = MISSING
+    output_dir: str | None = MISSING
+    device: str = MISSING
+    trust_targets: list[str] = MISSING
+    seed: int = MISSING
+    ablation: AblationConfig = MISSING
+    masks: MasksConfig = MISSING
+
+
 def register_schemas() -> None:
     """Store the schemas under the names the YAML defaults lists use (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="sample_schema", node=SampleConfig)
+    store.store(name="eval_schema", node=EvalConfig)
+    store.store(name="analyze_schema", node=AnalyzeConfig)
     store.store(group="model", name="gpt_schema", node=GPTConfig)
     store.store(group="data", name="shakespeare_schema", node=ShakespeareDataConfig)
     store.store(group="data", name="task_schema", node=TaskDataConfig)

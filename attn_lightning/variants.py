@@ -8,7 +8,7 @@ installed wheel works too. (Here, not in attention/: the layers know nothing of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +64,31 @@ def build_attention(
     """One layer of the variant at the given sizes (seed the global RNG first for
     reproducible weights)."""
     return attention_factory(name, **overrides)(n_embd=n_embd, n_head=n_head, block_size=block_size)
+
+
+def _kind(value: Any) -> str | None:
+    """The YAML type a hyperparameter's value has, for the type check (None: not checked)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return "a string" if isinstance(value, str) else None
+
+
+def check_option_types(name: str, chosen: Mapping[str, Any], key: str = "attention") -> None:
+    """Each hyperparameter in `chosen` of the type the variant's YAML gives it: the attention
+    configs have no schema (each variant has its own keys), so `attention.chunk_size=abc` is
+    refused here, by name, rather than as a TypeError deep inside the layer."""
+    for option, default in variant_options(name).items():
+        value = chosen.get(option)
+        expected, given = _kind(default), _kind(value)
+        if value is None or expected is None or given == expected:
+            continue
+        if expected == "a number" and given == "an integer":
+            continue
+        raise ConfigError(
+            f"{key}.{option}={value!r} is not {expected} (conf/attention/{name}.yaml sets "
+            f"{default!r})"
+        )

@@ -93,19 +93,18 @@ def run_cli(module: str, args: list[str], cwd: Path, data_dir: Path | None):
     return proc
 
 
-# Runs one entry point's `main()` once per argument list in a single interpreter, as the CLI
-# would (sys.argv; SystemExit gives the exit code), and writes the outcomes as JSON.
+# Runs entry points' `main()` once per (module, argument list) in a single interpreter, as the
+# CLI would (sys.argv; SystemExit gives the exit code), and writes the outcomes as JSON.
 _CASES_DRIVER = """
 import contextlib, importlib, io, json, sys, traceback
-module, cases, out_file = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-main = importlib.import_module(module).main
+cases, out_file = json.loads(sys.argv[1]), sys.argv[2]
 results = []
-for args in cases:
+for module, args in cases:
     stdout, stderr, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         sys.argv = [module, *args]
         try:
-            main()
+            importlib.import_module(module).main()
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else 1
         except BaseException:
@@ -117,16 +116,16 @@ with open(out_file, "w") as f:
 """
 
 
-def run_entry_point_cases(
-    module: str, cases: list[list[str]], cwd: Path, data_dir: Path | None
+def run_entry_points(
+    cases: list[tuple[str, list[str]]], cwd: Path, data_dir: Path | None
 ) -> list[dict[str, Any]]:
-    """Each argument list through `module.main()`, all in one fresh interpreter: what
-    `python -m module args` prints and exits with, without paying the imports (~8 s) per
-    case. For inputs refused before any training (bad configs); a run that trains belongs in
-    its own process (run_module)."""
+    """Each (module, argument list) through `module.main()`, all in one fresh interpreter:
+    what `python -m module args` prints and exits with, without paying the imports (~8 s)
+    per case. For inputs refused before any training (bad configs); a run that trains
+    belongs in its own process (run_module)."""
     out_file = cwd / "entry_point_cases.json"
     proc = subprocess.run(
-        [sys.executable, "-c", _CASES_DRIVER, module, json.dumps(cases), str(out_file)],
+        [sys.executable, "-c", _CASES_DRIVER, json.dumps(cases), str(out_file)],
         cwd=cwd,
         env=cli_environment(data_dir),
         capture_output=True,
@@ -137,16 +136,24 @@ def run_entry_point_cases(
     return json.loads(out_file.read_text())
 
 
+def run_entry_point_cases(
+    module: str, cases: list[list[str]], cwd: Path, data_dir: Path | None
+) -> list[dict[str, Any]]:
+    """run_entry_points, every case through the one `module`."""
+    return run_entry_points([(module, args) for args in cases], cwd, data_dir)
+
+
 def run_dirs(root: Path) -> list[Path]:
     """Dirs that hold a finished run (a TensorBoard dir), anywhere under root."""
     return sorted(p.parent for p in root.rglob("tensorboard") if p.is_dir())
 
 
-def events(run_dir: Path) -> EventAccumulator:
-    """All TensorBoard events of a run, checking they come from one process (rank 0)."""
+def events(run_dir: Path, attempts: int = 1) -> EventAccumulator:
+    """All TensorBoard events of a run, checking they come from one process (rank 0) per
+    attempt (a run resumed in place has one per attempt)."""
     files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    writers = {f.name.split(".")[4] for f in files}  # events.out.tfevents.<time>.<host>.<pid>.n
-    assert len(writers) == 1, f"expected events from one process (rank 0), found {files}"
+    writers = {f.name.split(".")[-2] for f in files}  # events.out.tfevents.<time>.<host>.<pid>.n
+    assert len(writers) == attempts, f"expected events from {attempts} process(es), found {files}"
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return acc

@@ -7,7 +7,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from attn_lightning.errors import ConfigError
 from attn_lightning.loggers import log_text, media_loggers
+from attn_lightning.model.sampling import Sampler
 
 
 class TextSample(L.Callback):
@@ -22,6 +24,9 @@ class TextSample(L.Callback):
         top_k: int | None = 200,
         seed: int = 1337,
     ) -> None:
+        Sampler(temperature=temperature, top_k=top_k)  # bad values fail now, not at validation
+        if max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature

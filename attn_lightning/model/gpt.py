@@ -116,6 +116,8 @@ class GPT(nn.Module):
         ):
             if value <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {value}")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
         if pos_embedding not in POS_EMBEDDINGS:
             raise ConfigError(
                 f"model.pos_embedding={pos_embedding!r} is unknown; choose one of {POS_EMBEDDINGS}"
