@@ -339,3 +339,25 @@ def test_the_cli_reproduces_the_recorded_test_loss(corpus, tmp_path) -> None:
     assert int(row["length"]) == 32  # TINY's data.block_size
     assert float(row["loss"]) == pytest.approx(recorded, rel=1e-5)
     assert "loss_vs_length.png" in proc.stdout
+
+
+def test_command_line_data_keys_apply_over_the_runs_saved_data(trained_run, tmp_path) -> None:
+    """A run dir's data config is used, except what the command line sets (a moved corpus:
+    data.path=...); with no data.* given it is the run's own, untouched."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from attn_lightning.analyze import data_config
+
+    run_dir, _ = trained_run
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml").data
+    moved = tmp_path / "moved.txt"
+    for overrides, path in (([], saved.path), ([f"data.path={moved}"], str(moved))):
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose("eval", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            data, source = data_config(cfg, run_dir, BLOCK)
+        finally:
+            HydraConfig.instance().cfg = None
+        assert data["path"] == path and data["block_size"] == saved.block_size
+        assert ("data.path from the command line" in source) == bool(overrides)
