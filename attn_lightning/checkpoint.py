@@ -138,8 +138,95 @@ def load_checkpoint(
     safely, in eval mode (`trusted`: as in `read_checkpoint`)."""
     checkpoint = read_checkpoint(path, map_location, trusted)
     module = LitGPT(**checkpoint["hyper_parameters"])
+    check_weights_fit(module, tensor_shapes(checkpoint["state_dict"]), path)
     module.load_state_dict(checkpoint["state_dict"])
     return module.to(map_location).eval()
+
+
+# What a checkpoint's model is: the hyperparameters that shape its weights and what they mean.
+# The optimizer and schedule may change on a resume (a new learning rate); these may not.
+MODEL_HPARAMS = ("model", "attention", "layer_attention", "tokenizer")
+
+
+def flat(node: Any, prefix: str) -> dict[str, Any]:
+    """Nested dicts as {dotted key: leaf}, the way a config override names them."""
+    if isinstance(node, dict) and node:
+        return {
+            k: v for key, value in node.items() for k, v in flat(value, f"{prefix}.{key}").items()
+        }
+    return {prefix: node}
+
+
+def shown(key: str, value: Any) -> str:
+    """A value for a one-line message: a class in full, a vocabulary as its size."""
+    long = len(repr(value)) > 40 and not key.endswith("_target_")
+    if isinstance(value, str | list | tuple | dict) and (long or "\n" in str(value)):
+        unit = "characters" if isinstance(value, str) else "entries"
+        return f"<{len(value)} {unit}>"
+    return "absent" if value is None else str(value)
+
+
+def model_differences(saved: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """`key: checkpoint X, config Y` for each model hyperparameter that differs."""
+
+    def leaves(hparams: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v for name in MODEL_HPARAMS for k, v in flat(hparams.get(name) or {}, name).items()
+        }
+
+    before, now = leaves(saved), leaves(run)
+    return [
+        f"{key}: checkpoint {shown(key, before.get(key))}, config {shown(key, now.get(key))}"
+        for key in sorted(set(before) | set(now), key=lambda k: (k.startswith("tokenizer"), k))
+        if before.get(key) != now.get(key)
+    ]
+
+
+def check_same_model(saved: dict[str, Any], run: dict[str, Any], path: str | Path) -> None:
+    """Resuming continues the same model: a checkpoint of another model config is refused
+    before fit, naming what differs, instead of failing inside `load_state_dict`."""
+    differences = model_differences(saved, run)
+    if differences:
+        raise CheckpointError(
+            f"{path} holds another model than this config ({listing(differences)}): resume "
+            "it with the checkpoint's values, or drop ckpt_path to start fresh"
+        )
+
+
+def listing(items: list[str], limit: int = 4) -> str:
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def tensor_shapes(state_dict: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state_dict.items() if hasattr(value, "shape")}
+
+
+def weight_differences(module: torch.nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """The weights a module and a checkpoint (its tensors' shapes) disagree on."""
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    missing = [f"{key} missing" for key in expected if key not in shapes]
+    unexpected = [f"{key} unexpected" for key in shapes if key not in expected]
+    sizes = [
+        f"{key}: checkpoint {list(shapes[key])}, model {list(shape)}"
+        for key, shape in expected.items()
+        if key in shapes and shapes[key] != shape
+    ]
+    return sizes + missing + unexpected
+
+
+def check_weights_fit(
+    module: torch.nn.Module, shapes: dict[str, tuple[int, ...]], path: str | Path
+) -> None:
+    """A one-line error, instead of torch's multi-line `load_state_dict` one, when a checkpoint's
+    weights do not fit the model its hyperparameters (or the run's config) build."""
+    differences = weight_differences(module, shapes)
+    if differences:
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its hyper_parameters describe "
+            f"({listing(differences, 3)}); the file was edited or is corrupted: use another "
+            "checkpoint of the run"
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from attn_lightning.checkpoint import config_targets, read_checkpoint, trust_in_run
-from attn_lightning.config import CONFIG_DIR, print_config
+from attn_lightning.checkpoint import (
+    check_same_model,
+    check_weights_fit,
+    config_targets,
+    trust_in_run,
+)
+from attn_lightning.config import print_config
 from attn_lightning.csv_logger import ResumableCSVLogger
 from attn_lightning.ddp_multirun import ddp_job_scope
-from attn_lightning.errors import exit_on_user_error
+from attn_lightning.entry_point import hydra_entry_point
 from attn_lightning.lit_module import LitGPT
+from attn_lightning.resume import resume_point
 from attn_lightning.run_record import record_metrics, record_training
+from attn_lightning.schema import TrainConfig
 from attn_lightning.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -48,9 +54,29 @@ def build_module(cfg: DictConfig, tokenizer: dict[str, Any]) -> LitGPT:
     return module
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+
+
+def build_logger(cfg: DictConfig, resume_step: int) -> Logger:
+    """A logger of the config. Resuming from `resume_step`, TensorBoard hides its events from
+    that step on (SummaryWriter's `purge_step`), which the resumed run logs again: its curves
+    match metrics.csv's (csv_logger.py), where those rows are replaced."""
+    if resume_step and issubclass(get_class(cfg._target_), TensorBoardLogger):
+        return instantiate(cfg, purge_step=resume_step)
+    logger = instantiate(cfg)
+    if isinstance(logger, ResumableCSVLogger):
+        logger.resume_at(resume_step)  # keep the rows logged before the checkpoint
+    return logger
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[L.Callback] | None = None, resume_step: int = 0
+) -> L.Trainer:
+    """The Trainer of a config, with its callbacks (built here unless given) and loggers (set
+    to continue their history at `resume_step` when resuming)."""
+    callbacks = build_callbacks(cfg) if callbacks is None else callbacks
+    loggers = [build_logger(c, resume_step) for c in cfg.logger.values() if c is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
 
@@ -66,37 +92,24 @@ def own_targets(cfg: DictConfig) -> tuple[str, ...]:
     return config_targets(*(plain(cfg[group]) for group in groups if cfg.get(group)))
 
 
-def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
-    """`ckpt_path`, or with `resume=auto` this run dir's last.ckpt when there is one, and the
-    step it continues from. The file is checked now, so a bad checkpoint fails before any
-    training starts."""
-    path = cfg.ckpt_path
-    if path is None and cfg.resume == "auto":
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        path = str(last) if last.is_file() else None
-        log.info("resume=auto: %s", f"resuming from {last}" if path else f"no {last}, fresh start")
-    if path is None:
-        return None, 0
-    return path, int(read_checkpoint(path, trusted=own_targets(cfg)).get("global_step", 0))
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final metrics of both (val/loss is the objective of
     hyperparameter sweepers)."""
     print_config(cfg)
     check_config(cfg)
-    ckpt_path, resume_step = checkpoint_to_resume(cfg)
+    callbacks = build_callbacks(cfg)
+    resume = resume_point(cfg, callbacks, own_targets(cfg))  # a bad checkpoint fails here
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(str(cfg.matmul_precision))
     datamodule = instantiate(plain(cfg.data))
     module = build_module(cfg, datamodule.tokenizer.state_dict())
-    trainer = build_trainer(cfg)
+    if resume.path is not None:  # before anything is written: another model is refused
+        check_same_model(resume.hyper_parameters, dict(module.hparams), resume.path)
+        check_weights_fit(module, resume.shapes, resume.path)
+    trainer = build_trainer(cfg, callbacks, resume.step)
     trust_in_run(trainer, own_targets(cfg))  # test(ckpt_path="best") reloads this run's files
-    for logger in trainer.loggers:
-        if isinstance(logger, ResumableCSVLogger):
-            logger.resume_at(resume_step)  # keep the rows logged before the checkpoint
     with ddp_job_scope():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
         metrics = scalars(trainer.callback_metrics)  # trainer.test() starts them afresh
         record_training(trainer, module, metrics)  # the run record, whatever callbacks run
         if cfg.test:
@@ -107,8 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics | scalars(trainer.callback_metrics)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@exit_on_user_error
+@hydra_entry_point("train", schema=TrainConfig)
 def main(cfg: DictConfig) -> float | None:
     return train(cfg).get("val/loss")  # the objective of hyperparameter sweepers
 

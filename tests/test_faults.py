@@ -4,18 +4,31 @@ Nothing may lose work silently, and a user error is a message, not a traceback."
 from __future__ import annotations
 
 import csv
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import TINY, cli_environment, run_entry_point_cases, use_data_dir
+from helpers import (
+    GENERATED_TEXT,
+    TINY,
+    cli_environment,
+    events,
+    run_entry_point_cases,
+    use_data_dir,
+)
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from attn_lightning.checkpoint import read_checkpoint, save_atomic
+from attn_lightning.checkpoint import load_checkpoint, read_checkpoint, save_atomic
 from attn_lightning.errors import CheckpointError
+from attn_lightning.resume import ResumePoint, resume_point
 
 RUN = [
     *TINY,
@@ -64,28 +77,189 @@ def train_losses(run_dir: Path) -> list[tuple[int, str]]:
         return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_losses(data_dir, tmp_path):
-    args = [*RUN, "trainer.max_steps=120"]
-    ckpt = tmp_path / "outputs/killed/checkpoints/last.ckpt"
-    proc = start_and_wait([*args, "hydra.run.dir=outputs/killed"], tmp_path, data_dir, ckpt, 30)
+def tensorboard_steps(path: Path, tag: str) -> list[int]:
+    """The steps at which `tag` was logged: in one event file, or a run's first one (its only
+    one while it runs). Read raw, without TensorBoard's purging."""
+    if path.is_dir():
+        path = min((path / "tensorboard").glob("events.out.tfevents.*"), default=None)
+        if path is None:
+            return []
+    loaded = EventFileLoader(str(path)).Load()
+    return [e.step for e in loaded if any(v.tag == tag for v in e.summary.value)]
+
+
+@dataclass(frozen=True)
+class KilledRun:
+    """Run dirs of one 120-step run: `killed` was SIGKILLed after its checkpoint at `step`
+    and then continued in place with ckpt_path=last; `resumed` continued from that checkpoint
+    file in a new dir; `full` ran uninterrupted."""
+
+    root: Path
+    step: int
+    checkpoint: Path
+    killed: Path
+    resumed: Path
+    full: Path
+    in_place_output: str
+
+
+@pytest.fixture(scope="module")
+def killed_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
+    root = tmp_path_factory.mktemp("killed_run")
+    # TensorBoard written to disk within 0.2 s (not 120 s), as a long run's is long before
+    # its next checkpoint: the killed attempt leaves events past its checkpoint to purge
+    args = [*RUN, "trainer.max_steps=120", "+logger.tensorboard.flush_secs=0.2"]
+    ckpt = root / "outputs/killed/checkpoints/last.ckpt"
+    proc = start_and_wait([*args, "hydra.run.dir=outputs/killed"], root, data_dir, ckpt, 30)
+    deadline = time.time() + 120
+    while max(tensorboard_steps(root / "outputs/killed", "train/loss"), default=-1) < (
+        saved_step(ckpt) + 2
+    ):
+        assert proc.poll() is None and time.time() < deadline, "no events past the checkpoint"
+        time.sleep(0.1)
     proc.kill()  # SIGKILL: no chance to save anything more
     proc.wait()
     step = saved_step(ckpt)
     assert 30 <= step < 120
-    resumed = run([*args, "hydra.run.dir=outputs/resumed", f"ckpt_path={ckpt}"], tmp_path, data_dir)
+    kept = root / "killed_at_step.ckpt"  # the file, before the in-place resume rewrites it
+    shutil.copy2(ckpt, kept)
+    resumed = run([*args, "hydra.run.dir=outputs/resumed", f"ckpt_path={kept}"], root, data_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    full = run([*args, "hydra.run.dir=outputs/full"], tmp_path, data_dir)
-    assert full.returncode == 0, full.stderr[-3000:]
-    after = train_losses(tmp_path / "outputs/resumed")
-    assert [s for s, _ in after] == list(range(step, 120))  # no step lost, none repeated
-    reference = dict(train_losses(tmp_path / "outputs/full"))
-    assert {s: reference[s] for s, _ in after} == dict(after)  # bit-identical on CPU
-    # continuing in place (resume=auto) keeps the killed attempt's history before the
-    # checkpoint and replaces what it logged after it: the whole run's curve, once
-    in_place = run([*args, "hydra.run.dir=outputs/killed", "resume=auto"], tmp_path, data_dir)
+    in_place = run([*args, "hydra.run.dir=outputs/killed", "ckpt_path=last"], root, data_dir)
     assert in_place.returncode == 0, in_place.stderr[-3000:]
-    assert f"resuming from {ckpt}" in in_place.stderr + in_place.stdout
-    assert train_losses(tmp_path / "outputs/killed") == train_losses(tmp_path / "outputs/full")
+    full = run([*args, "hydra.run.dir=outputs/full"], root, data_dir)
+    assert full.returncode == 0, full.stderr[-3000:]
+    out = root / "outputs"
+    return KilledRun(
+        root,
+        step,
+        kept,
+        out / "killed",
+        out / "resumed",
+        out / "full",
+        in_place.stdout + in_place.stderr,
+    )
+
+
+def test_resuming_a_killed_run_from_its_file_gives_the_uninterrupted_losses(killed_run):
+    after = train_losses(killed_run.resumed)
+    assert [s for s, _ in after] == list(range(killed_run.step, 120))  # none lost or repeated
+    reference = dict(train_losses(killed_run.full))
+    assert {s: reference[s] for s, _ in after} == dict(after)  # bit-identical on CPU
+
+
+def test_ckpt_path_last_continues_in_place_exactly_as_the_file_does(killed_run):
+    """In place, the killed attempt's rows before the checkpoint are kept and what it logged
+    after it is replaced: the whole run's curve, once, the same losses as ckpt_path=<file>."""
+    last = killed_run.killed / "checkpoints" / "last.ckpt"
+    assert f"ckpt_path=last: resuming from {last}" in killed_run.in_place_output
+    in_place = train_losses(killed_run.killed)
+    assert in_place[killed_run.step :] == train_losses(killed_run.resumed)
+    assert in_place == train_losses(killed_run.full)
+
+
+def test_in_place_resume_purges_tensorboard_past_the_checkpoint(killed_run):
+    first_attempt = min((killed_run.killed / "tensorboard").glob("events.out.tfevents.*"))
+    killed_steps = tensorboard_steps(first_attempt, "train/loss")
+    assert max(killed_steps) > killed_run.step, "the killed attempt logged nothing to replace"
+    scalars = events(killed_run.killed, attempts=2).Scalars("train/loss")
+    csv_losses = train_losses(killed_run.killed)
+    assert [e.step for e in scalars] == [s for s, _ in csv_losses]  # each step once
+    assert [e.value for e in scalars] == [float(np.float32(v)) for _, v in csv_losses]
+
+
+def composed(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    from attn_lightning.config import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def resumed_from(run_dir: Path, *overrides: str) -> ResumePoint:
+    from attn_lightning.train import build_callbacks
+
+    cfg = composed([*RUN, f"paths.output_dir={run_dir}", *overrides])
+    return resume_point(cfg, build_callbacks(cfg))
+
+
+def test_ckpt_path_best_is_the_checkpoint_of_the_lowest_val_loss(killed_run):
+    with open(killed_run.full / "csv" / "metrics.csv") as f:
+        val = [(float(r["val/loss"]), int(r["step"])) for r in csv.DictReader(f) if r["val/loss"]]
+    assert len(val) >= 3  # steps 40, 80, 120: a best to pick
+    best = resumed_from(killed_run.full, "ckpt_path=best")
+    assert Path(best.path).parent == killed_run.full / "checkpoints"
+    assert Path(best.path).name != "last.ckpt"
+    assert best.step - 1 == min(val)[1]  # Lightning logs step N's metrics at step N - 1
+
+
+def test_resume_auto_is_ckpt_path_last(killed_run, tmp_path):
+    last = resumed_from(killed_run.killed, "ckpt_path=last")
+    assert last.path == str(killed_run.killed / "checkpoints" / "last.ckpt") and last.step == 120
+    assert resumed_from(killed_run.killed, "resume=auto") == last
+    assert resumed_from(tmp_path, "ckpt_path=last") == ResumePoint()  # nothing yet: fresh start
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(killed_run, tmp_path):
+    """sample/eval/analyze load through load_checkpoint: an edited file is a CheckpointError."""
+    checkpoint = torch.load(killed_run.checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"]["model"]["n_embd"] = 64
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    with pytest.raises(CheckpointError, match=r"do not fit.*\[65, 32\], model \[65, 64\]"):
+        load_checkpoint(edited)
+
+
+@pytest.fixture(scope="module")
+def resume_error_outcomes(killed_run, data_dir) -> list[dict]:
+    """Resumes refused before training, through the CLI's main() in one interpreter."""
+    other_text = killed_run.root / "other_vocabulary.txt"  # the corpus less one character
+    other_text.write_text((data_dir / GENERATED_TEXT).read_text().replace("x", ""))
+    cases = [
+        [*RUN, "hydra.run.dir=outputs/killed", "ckpt_path=last", "model.n_embd=64"],
+        [*RUN, "hydra.run.dir=outputs/x", f"ckpt_path={killed_run.checkpoint}", "attention=linear"],
+        [
+            *RUN,
+            "hydra.run.dir=outputs/x",
+            f"ckpt_path={killed_run.checkpoint}",
+            f"data.path={other_text}",
+        ],
+        [*RUN, "hydra.run.dir=outputs/x", "resume=auto", f"ckpt_path={killed_run.checkpoint}"],
+        [*RUN, "hydra.run.dir=outputs/x", "ckpt_path=hpc"],
+        [*RUN, "hydra.run.dir=outputs/x", "ckpt_path=best"],
+    ]
+    return run_entry_point_cases("attn_lightning.train", cases, killed_run.root, data_dir)
+
+
+def checkpoint_files(run_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (0, "last.ckpt holds another model than this config (model.n_embd: checkpoint 32, "),
+        (1, "attention._target_: checkpoint attn_lightning.attention.vanilla.VanillaAttention"),
+        (2, "tokenizer.chars: checkpoint <65 characters>, config <64 characters>"),
+        (3, "resume=auto means ckpt_path=last, but ckpt_path="),
+        (4, "ckpt_path=hpc: no hpc_ckpt_<n>.ckpt in"),
+        (5, "ckpt_path=best: no last checkpoint in"),
+    ],
+    ids=["n_embd in place", "attention", "vocabulary", "resume conflict", "no hpc", "no best"],
+)
+def test_a_resume_that_cannot_continue_is_one_line_and_writes_nothing(
+    killed_run, resume_error_outcomes, case, message
+):
+    before = checkpoint_files(killed_run.killed)
+    outcome = resume_error_outcomes[case]
+    assert outcome["code"] == 2
+    lines = outcome["stderr"].strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], outcome["stderr"][-2000:]
+    assert "Traceback" not in outcome["stderr"] + outcome["stdout"]
+    assert checkpoint_files(killed_run.killed) == before
+    assert not (killed_run.root / "outputs/x/checkpoints").exists()
+    assert not (killed_run.root / "outputs/x/tensorboard").exists()
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
