@@ -24,6 +24,7 @@ CALLBACKS_OFF = (  # every callback of conf/callbacks/default.yaml: one bare tra
     *("progress_bar", "model_summary", "model_checkpoint", "periodic_checkpoint"),
     *("final_validation", "interrupt_checkpoint", "lr_monitor", "memory", "text_sample"),
     *("task_examples", "attention_maps", "attention_stats", "run_report", "hparams"),
+    "scalars_layout",
 )
 
 
