@@ -273,6 +273,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
     assert "Traceback" not in output
     step = saved_step(ckpt)
     assert f"Interrupted at step {step}" in output
+    assert f"Interrupted at step {step}" in (tmp_path / "outputs/run/train.log").read_text()
     assert (step > 10 and step % 10 != 0) or step > 20  # the current step, not a periodic one
     read_checkpoint(ckpt)  # loadable, safely
 
