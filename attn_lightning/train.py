@@ -58,20 +58,20 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(c) for c in cfg.callbacks.values() if c is not None]
 
 
-def build_logger(cfg: DictConfig, resume_step: int) -> Logger:
-    """A logger of the config. Resuming from `resume_step`, TensorBoard hides its events from
-    that step on (SummaryWriter's `purge_step`), which the resumed run logs again: its curves
-    match metrics.csv's (csv_logger.py), where those rows are replaced."""
-    if resume_step and issubclass(get_class(cfg._target_), TensorBoardLogger):
+def build_logger(cfg: DictConfig, resume_step: int | None) -> Logger:
+    """A logger of the config. Resuming from `resume_step` (None: not resuming), TensorBoard
+    hides its events from that step on (SummaryWriter's `purge_step`), which the resumed run
+    logs again: its curves match metrics.csv's (csv_logger.py), where those rows are replaced."""
+    if resume_step is not None and issubclass(get_class(cfg._target_), TensorBoardLogger):
         return instantiate(cfg, purge_step=resume_step)
     logger = instantiate(cfg)
     if isinstance(logger, ResumableCSVLogger):
-        logger.resume_at(resume_step)  # keep the rows logged before the checkpoint
+        logger.resume_at(resume_step or 0)  # keep the rows logged before the checkpoint
     return logger
 
 
 def build_trainer(
-    cfg: DictConfig, callbacks: list[L.Callback] | None = None, resume_step: int = 0
+    cfg: DictConfig, callbacks: list[L.Callback] | None = None, resume_step: int | None = None
 ) -> L.Trainer:
     """The Trainer of a config, with its callbacks (built here unless given) and loggers (set
     to continue their history at `resume_step` when resuming)."""
@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume.path is not None:  # before anything is written: another model is refused
         check_same_model(resume.hyper_parameters, dict(module.hparams), resume.path)
         check_weights_fit(module, resume.shapes, resume.path)
-    trainer = build_trainer(cfg, callbacks, resume.step)
+    trainer = build_trainer(cfg, callbacks, None if resume.path is None else resume.step)
     trust_in_run(trainer, own_targets(cfg))  # test(ckpt_path="best") reloads this run's files
     with ddp_job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
