@@ -21,10 +21,12 @@ from attn_lightning.config import print_config
 from attn_lightning.csv_logger import ResumableCSVLogger
 from attn_lightning.ddp_multirun import ddp_job_scope
 from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.errors import ConfigError
 from attn_lightning.lit_module import LitGPT
 from attn_lightning.resume import resume_point
 from attn_lightning.run_record import record_metrics, record_training
 from attn_lightning.schema import TrainConfig
+from attn_lightning.training.metrics import LM_METRICS, METRICS
 from attn_lightning.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,21 @@ def build_module(cfg: DictConfig, tokenizer: dict[str, Any]) -> LitGPT:
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+
+
+def check_monitored_metrics(cfg: DictConfig, datamodule: Any) -> None:
+    """A callback that monitors a validation metric this data never logs (EarlyStopping on
+    `val/exact_match` over text) fails at the first validation with Lightning's traceback:
+    refuse it before fit, naming the key and the metrics there are."""
+    answers = getattr(datamodule, "answer_metrics", False)
+    logged = [f"val/{name}" for name in (METRICS if answers else LM_METRICS)]
+    for name, callback in cfg.callbacks.items():
+        monitor = callback.get("monitor") if callback is not None else None
+        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
+            raise ConfigError(
+                f"callbacks.{name}.monitor={monitor} is never logged with this data: choose "
+                f"one of {', '.join(logged)}"
+            )
 
 
 def build_logger(cfg: DictConfig, resume_step: int | None) -> Logger:
@@ -102,6 +119,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(str(cfg.matmul_precision))
     datamodule = instantiate(plain(cfg.data))
+    check_monitored_metrics(cfg, datamodule)
     module = build_module(cfg, datamodule.tokenizer.state_dict())
     if resume.path is not None:  # before anything is written: another model is refused
         check_same_model(resume.hyper_parameters, dict(module.hparams), resume.path)

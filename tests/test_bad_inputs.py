@@ -35,6 +35,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train", ["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be"),
     ("train", ["callbacks.text_sample.temperature=-1"], "callbacks.text_sample: temperature mus"),
     ("train", ["trainer.log_every_n_steps=0"], "callbacks.throughput"),
+    (
+        "train",
+        ["+callbacks/early_stopping=exact_match"],  # text logs no exact match
+        "callbacks.early_stopping.monitor=val/exact_match is never logged with this data",
+    ),
     # sampling
     ("sample", [], "ckpt_path is required (??? in the config): pass ckpt_path=<value>"),
     ("sample", [f"ckpt_path={CKPT}", "+temprature=0.5"], "temprature: conf/sample.yaml has no"),
