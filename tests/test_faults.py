@@ -372,68 +372,9 @@ save_atomic({{"state_dict": {{}}}}, {str(path)!r})
     assert leftovers and not any(name.endswith(".ckpt") for name in leftovers)
 
 
-BAD_CONFIGS = [
-    (["model.n_embd=33"], "not divisible by model.n_head"),
-    (["attention=gqa", "attention.n_kv_head=3"], "must be positive and divide model.n_head"),
-    (["data.block_size=0"], "data.block_size must be positive"),
-    (["data.block_size=120000"], "too few for block_size 120000: lower data.block_size"),
-    (["model.block_size=16"], "model.block_size=16 is shorter than the data's sequences"),
-    (["model.n_layer=0"], "model.n_layer must be positive"),
-    (["optim.lr=-1"], "optim.lr must be positive"),
-    (["schedule.min_lr=0.5"], "schedule.min_lr=0.5 exceeds optim.lr"),
-    (["optim.lr=four"], "optim.lr must be positive, got 'four'"),
-    # the optimizer's arguments, checked against its class (SGD has no betas)
-    (["optim=sgd", "+optim.betas=[0.9,0.99]"], "optim.betas is not an argument of torch.optim.SGD"),
-    (
-        ["optim._target_=torch.optim.Adamm"],
-        "optim._target_='torch.optim.Adamm' is not an importable",
-    ),
-    (["optim=sgd", "optim.momentum=-1"], "torch.optim.SGD refuses its arguments"),
-    (["data.batch_size=0"], "data.batch_size must be positive"),
-    (["trainer.max_steps=0"], "trainer.max_steps must be positive"),
-    (["attention=nope"], "Available options in 'attention'"),
-    # the typed schema (attn_lightning/schema.py): wrong types and unknown option values
-    (["model.n_layer=four"], "Value 'four' of type 'str' could not be converted to Integer"),
-    (["model.pos_embedding=lerned"], "Invalid value 'lerned', expected one of [learned, none]"),
-    (["on_nonfinite_loss=halt"], "Invalid value 'halt', expected one of [stop, skip]"),
-    (["resume=yes"], "Invalid value 'yes', expected one of [auto]"),
-    (["data.tokenizer=bytes"], "Invalid value 'bytes', expected one of [char, bpe]"),
-    (["data.val_fraction=a_lot"], "could not be converted to Float"),
-    (["data=nope"], "Available options in 'data'"),
-    (["experiment=compare_atention"], "Could not find 'experiment/compare_atention'"),
-    (["hparams_search=optuan"], "Could not find 'hparams_search/optuan'"),
-    (["attention=performer", "attention.nb_features=0"], "nb_features must be >= 1"),
-    (["attention=sliding_window", "attention.window=0"], "window must be >= 1"),
-    (["attention=nystrom", "attention.num_landmarks=7"], "num_landmarks"),
-    (["trainer=ddp"], "trainer=ddp_cpu"),
-]
-
-
-@pytest.fixture(scope="module")
-def bad_config_outcomes(data_dir, tmp_path_factory) -> dict[str, dict]:
-    """Every BAD_CONFIGS case through the CLI's main(), in one interpreter (helpers)."""
-    cases = [[*TINY[1:], "debug=fast", *overrides] for overrides, _ in BAD_CONFIGS]
-    cwd = tmp_path_factory.mktemp("bad_configs")
-    outcomes = run_entry_point_cases("attn_lightning.train", cases, cwd, data_dir)
-    return {" ".join(o): outcome for (o, _), outcome in zip(BAD_CONFIGS, outcomes, strict=True)}
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"), BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS]
-)
-def test_bad_config_exits_with_its_message_and_no_traceback(
-    bad_config_outcomes, overrides, message
-):
-    if overrides == ["trainer=ddp"] and torch.cuda.device_count() >= 2:
-        pytest.skip("this machine has the GPUs trainer=ddp asks for")
-    outcome = bad_config_outcomes[" ".join(overrides)]
-    assert outcome["code"] != 0
-    assert message in outcome["stderr"], outcome["stderr"][-2000:]
-    assert "Traceback" not in outcome["stderr"] + outcome["stdout"]
-
-
 def test_a_user_error_of_the_cli_exits_2_in_its_own_process(data_dir, tmp_path):
-    """The in-process cases above stand for the CLI: one of them, run as a user runs it."""
+    """The in-process cases (test_bad_inputs.py) stand for the CLI: one of them, run as a user
+    runs it."""
     proc = run([*TINY[1:], "debug=fast", "optim.lr=-1"], tmp_path, data_dir)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: optim.lr must be positive")
