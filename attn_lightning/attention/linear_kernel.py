@@ -21,10 +21,10 @@ from abc import abstractmethod
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.chunked_linear import chunked_linear_attention
 from attn_lightning.errors import ConfigError
 
 
@@ -46,31 +46,17 @@ def chunked_causal_linear_attention(
 ) -> Tensor:
     """q, k: (B, H, T, M) non-negative features; v: (B, H, T, D) -> (B, H, T, D).
 
-    Continues from `state` and advances it when one is given. The normaliser rides along as
-    an extra value channel of ones: [S | z] = Σ φ(k) [v | 1]^T, one product for both."""
-    B, H, T, M = q.shape
-    D = v.size(-1)
-    C = min(chunk_size, T)
-    pad = (-T) % C  # zero features at the end contribute nothing
-    v = torch.cat((v, v.new_ones(B, H, T, 1)), dim=-1)  # (B, H, T, D+1)
-    q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-    N = (T + pad) // C
-    qc, kc, vc = q.view(B, H, N, C, M), k.view(B, H, N, C, M), v.view(B, H, N, C, D + 1)
-
-    within = (qc @ kc.transpose(-2, -1)).tril()  # (B, H, N, C, C) causal inside each chunk
-    out = within @ vc  # (B, H, N, C, D+1)
-    kv = kc.transpose(-2, -1) @ vc  # (B, H, N, M, D+1) one chunk's contribution to [S | z]
-    total = kv.cumsum(2)
-    before = total - kv  # (B, H, N, M, D+1) [S | z] before chunk n
-    if state is not None and state.S is not None:
-        carried = torch.cat((state.S, state.z[..., None]), dim=-1)[:, :, None]
-        before, total = before + carried, total + carried
-    out = out + qc @ before
+    Continues from `state` and advances it when one is given (chunked_linear.py: the
+    numerator, normaliser and division in one autograd Function that recomputes its chunk
+    products in the backward)."""
+    carried = state is not None and state.S is not None
+    y, S, z = chunked_linear_attention(
+        q, k, v, chunk_size, eps, state.S if carried else None, state.z if carried else None
+    )
     if state is not None:
-        state.S, state.z = total[:, :, -1, :, :D], total[:, :, -1, :, D]
-        state.length += T
-    out = out.reshape(B, H, N * C, D + 1)[:, :, :T]
-    return _normalise(out[..., :D], out[..., D], eps)
+        state.S, state.z = S, z
+        state.length += q.size(2)
+    return y
 
 
 def recurrent_linear_attention(
