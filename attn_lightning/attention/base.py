@@ -228,5 +228,5 @@ class CausalSelfAttention(nn.Module, ABC):
         gates; a gated variant supplies its own recurrent decode)."""
         T = q.size(2)
         q_all = cache.update_q(q)
-        k_all, v_all, _ = cache.update(k, v)
+        k_all, v_all = cache.update(k, v)
         return self.attend(q_all, self.repeat_kv(k_all), self.repeat_kv(v_all))[:, :, -T:]

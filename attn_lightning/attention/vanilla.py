@@ -73,6 +73,9 @@ class VanillaAttention(CausalSelfAttention):
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, g: Tensor | None = None
     ) -> Tensor:
-        k_all, v_all, k_pos = cache.update(k, v)  # (B, H_kv, T_k, D)
-        q_pos = k_pos[-q.size(2) :]
-        return self.softmax_attend(q, self.repeat_kv(k_all), self.repeat_kv(v_all), q_pos, k_pos)
+        k_all, v_all = cache.update(k, v)  # (B, H_kv, T_k, D)
+        k_all, v_all = self.repeat_kv(k_all), self.repeat_kv(v_all)
+        if self.is_plain_causal and q.size(2) == 1:  # one new token sees every cached key
+            return F.scaled_dot_product_attention(q, k_all, v_all)
+        k_pos = cache.key_positions(k_all.size(2), q.device)
+        return self.softmax_attend(q, k_all, v_all, k_pos[-q.size(2) :], k_pos)

@@ -187,7 +187,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {start + T} exceeds block_size {self.block_size}")
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+            x = x + self.pos_emb.weight[start : start + T]  # rows start..: no index tensor
         x = self.drop(x)
         attentions = [] if return_attn else None
         for i, block in enumerate(self.blocks):

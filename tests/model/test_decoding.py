@@ -98,3 +98,21 @@ def test_generation_benchmark_prints_a_row_per_variant(capsys: pytest.CaptureFix
         f"{vanilla_kib:.1f}",
         f"{performer_kib:.1f}",
     ]
+
+
+def test_kv_cache_owns_its_storage_and_appends_in_place() -> None:
+    """After the prefill the cache holds none of the prompt's fused q/k/v tensor (only its
+    own storage of block_size positions), and a new token is written into that storage."""
+    model = gpt("vanilla")
+    decoder = IncrementalDecoder(model)
+    sequence = torch.randint(65, (2, 8))
+    with torch.no_grad():
+        decoder(sequence[:, :5])
+        cache = decoder.caches[0]
+        storage = (cache.k.untyped_storage().data_ptr(), cache.v.untyped_storage().data_ptr())
+        assert cache.k.untyped_storage().nbytes() == 2 * 4 * BLOCK * 8 * 4  # (B, H, block, D)
+        assert cache.k.untyped_storage().data_ptr() != cache.v.untyped_storage().data_ptr()
+        kept = cache.k.clone()
+        decoder(sequence[:, :6])
+    assert (cache.k.untyped_storage().data_ptr(), cache.v.untyped_storage().data_ptr()) == storage
+    assert cache.k.shape == (2, 4, 6, 8) and torch.equal(cache.k[:, :, :5], kept)
