@@ -62,20 +62,23 @@ def chunked_causal_linear_attention(
 def recurrent_linear_attention(
     q: Tensor, k: Tensor, v: Tensor, eps: float, state: LinearAttentionState
 ) -> Tensor:
-    """The RNN form, one token at a time: q, k (B, H, T, M), v (B, H, T, D)."""
+    """The RNN form, one token at a time: q, k (B, H, T, M), v (B, H, T, D). Each token's
+    update and read are batched matrix products on (.., 1, ..) slices: a handful of ops per
+    token (decoding is op-bound), no per-token stack."""
     if state.S is None:
         B, H, _, M = q.shape
         state.S = q.new_zeros(B, H, M, v.size(-1))
         state.z = q.new_zeros(B, H, M)
     outputs = []
     for t in range(q.size(2)):
-        q_t, k_t, v_t = q[:, :, t], k[:, :, t], v[:, :, t]  # (B, H, M), (B, H, D)
-        state.S = state.S + k_t[..., :, None] * v_t[..., None, :]  # (B, H, M, D)
-        state.z = state.z + k_t
-        num = (q_t[..., None, :] @ state.S).squeeze(-2)  # (B, H, D)
-        outputs.append(_normalise(num, (q_t * state.z).sum(-1), eps))
+        q_t, k_t, v_t = q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]
+        state.S = torch.addcmul(state.S, k_t.transpose(-2, -1), v_t)  # + φ(k_t) v_t^T
+        state.z = state.z + k_t[:, :, 0]
+        num = q_t @ state.S  # (B, H, 1, D)
+        den = (q_t @ state.z[..., None]).squeeze(-1)  # (B, H, 1)
+        outputs.append(_normalise(num, den, eps))
         state.length += 1
-    return torch.stack(outputs, dim=2)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
 def linear_attention_matrix(q: Tensor, k: Tensor, eps: float) -> Tensor:
