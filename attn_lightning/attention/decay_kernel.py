@@ -88,9 +88,10 @@ def chunked_decay_attention(
     across = last.exp().transpose(-2, -1)  # (B, H, N, G, 1)
     S = q.new_zeros(B, H, K, V) if state is None or state.S is None else state.S
     before = []  # the state entering each chunk: N small (K, V) matrices
-    for n in range(N):
+    # unbound once: indexing chunk n in the loop would zero-fill a full-size gradient per chunk
+    for across_n, written_n in zip(across.unbind(2), written.unbind(2), strict=True):
         before.append(S)
-        S = across[:, :, n] * S + written[:, :, n]
+        S = across_n * S + written_n
     out = out + (qc * b.exp()) @ torch.stack(before, 2)  # (B, H, N, C, V) the past, decayed
     if state is not None:
         state.S = S

@@ -93,11 +93,16 @@ def chunked_delta_rule(
     scores = (qc @ kc.transpose(-2, -1)) * decay  # (B, H, N, C, C) inside each chunk
 
     S = q.new_zeros(B, H, K, V) if state is None or state.S is None else state.S.to(q.dtype)
+    # Per-chunk views taken once: indexing chunk n inside the loop would give each its own
+    # backward, a zero-filled full-size gradient per chunk (O(N^2) memory traffic).
+    u0_n, w_n, scores_n = u0.unbind(2), w.unbind(2), scores.unbind(2)
+    q_decayed, chunk_decay = (qc * gamma).unbind(2), gamma[:, :, :, -1:].unbind(2)
+    k_to_end = (kc * to_end).transpose(-2, -1).unbind(2)  # (B, H, D_k, C) each
     outputs = []
     for n in range(N):  # across chunks: a running (D_k x D_v) state
-        u = u0[:, :, n] - w[:, :, n] @ S  # (B, H, C, D_v) corrected values
-        outputs.append((qc[:, :, n] * gamma[:, :, n]) @ S + scores[:, :, n] @ u)
-        S = gamma[:, :, n, -1:] * S + (kc[:, :, n] * to_end[:, :, n]).transpose(-2, -1) @ u
+        u = u0_n[n] - w_n[n] @ S  # (B, H, C, D_v) corrected values
+        outputs.append(q_decayed[n] @ S + scores_n[n] @ u)
+        S = chunk_decay[n] * S + k_to_end[n] @ u
     if state is not None:
         state.S = S
         state.length += T

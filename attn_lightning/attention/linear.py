@@ -25,4 +25,4 @@ class LinearAttention(KernelAttention):
         self.eps = eps
 
     def features(self, x: Tensor, is_query: bool) -> Tensor:
-        return F.elu(x) + 1  # (B, H, T, D), positive; the same map for queries and keys
+        return F.elu(x).add_(1)  # (B, H, T, D), positive; the same map for queries and keys
