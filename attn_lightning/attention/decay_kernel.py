@@ -61,6 +61,28 @@ def _decay_matrix(b: Tensor) -> Tensor:
     return decay.squeeze(-1) if b.size(-1) == 1 else decay
 
 
+FACTOR_BOUND = 40.0  # |log-decay| from a chunk's middle up to which the factorised form is used
+
+
+def _per_channel_within(qc: Tensor, kc: Tensor, b: Tensor) -> Tensor:
+    """Σ_d q_id k_jd exp(b_id - b_jd) for j <= i (else 0): (B, H, N, C, K) -> (B, H, N, C, C).
+
+    Factorised around the chunk's middle position m, (q_i ⊙ exp(b_i - b_m)) · (k_j ⊙
+    exp(b_m - b_j)), one matmul, when every |b_i - b_m| <= FACTOR_BOUND (so each factor stays
+    below e^40 and the products of the masked entries below e^80: finite in float32); else,
+    for decays stronger than e^-40 within half a chunk, the exact (B, H, N, C, C, K) form,
+    whose memory traffic (268 MiB at B=8, H=4, T=4096, C=16) made GLA 10x slower than
+    linear attention. The check is one reduction (a host sync on a GPU)."""
+    C = b.size(-2)
+    relative = b - b[..., C // 2 : C // 2 + 1, :]  # (B, H, N, C, K) b_i - b_m
+    if bool(relative.abs().amax() <= FACTOR_BOUND):
+        scores = (qc * relative.exp()) @ (kc * (-relative).exp()).transpose(-2, -1)
+        causal = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
+        return scores.masked_fill(~causal, 0.0)
+    decayed_k = _decay_matrix(b) * kc[..., None, :, :]  # (B, H, N, C, C, K) k_j ⊙ α_{j->i}
+    return (decayed_k @ qc[..., :, :, None]).squeeze(-1)  # (B, H, N, C, C)
+
+
 def chunked_decay_attention(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int, state: DecayState | None
 ) -> Tensor:
@@ -79,8 +101,7 @@ def chunked_decay_attention(
     if G == 1:  # scalar decay: (q k^T) ⊙ exp(b_i - b_j)
         within = (qc @ kc.transpose(-2, -1)) * _decay_matrix(b)  # (B, H, N, C, C)
     else:  # per channel: Σ_d q_id k_jd exp(b_id - b_jd)
-        decayed_k = _decay_matrix(b) * kc[..., None, :, :]  # (B, H, N, C, C, K) k_j ⊙ α_{j->i}
-        within = (decayed_k @ qc[..., :, :, None]).squeeze(-1)  # (B, H, N, C, C)
+        within = _per_channel_within(qc, kc, b)
     out = within @ vc  # (B, H, N, C, V)
 
     last = b[:, :, :, -1:]  # (B, H, N, 1, G) log-decay across the whole chunk

@@ -158,3 +158,18 @@ def test_extreme_gate_logits_stay_finite() -> None:
     y.sum().backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
+
+
+def test_factorised_within_chunk_form_has_the_exact_forms_gradients(monkeypatch) -> None:
+    """The per-channel chunk product factorised around the chunk's middle (the fast path for
+    decays up to e^-40 within half a chunk) equals the exact (C, C, K) form, gradients too."""
+    import attn_lightning.attention.decay_kernel as decay_kernel
+
+    q, k, v, log_alpha = (x.requires_grad_() for x in inputs())
+    results = []
+    for bound in (decay_kernel.FACTOR_BOUND, -1.0):  # -1: never factorised
+        monkeypatch.setattr(decay_kernel, "FACTOR_BOUND", bound)
+        out = chunked_decay_attention(q, k, v, log_alpha, 16, None)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v, log_alpha))))
+    for fast, exact in zip(*results, strict=True):
+        torch.testing.assert_close(fast, exact)
