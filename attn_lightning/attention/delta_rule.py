@@ -68,25 +68,31 @@ def chunked_delta_rule(
     -> (B, H, T, D_v). Continues from `state` and advances it when one is given."""
     dtype = v.dtype
     q, k, v, beta = (x.to(_compute_dtype(v)) for x in (q, k, v, beta))
-    log_alpha = torch.zeros_like(beta) if log_alpha is None else log_alpha.to(beta.dtype)
     B, H, T, K = k.shape
     V = v.size(-1)
     C = min(chunk_size, T)
     pad = (-T) % C  # padded positions: k = v = 0, β = 0, α = 1; they change nothing
-    q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-    beta, log_alpha = F.pad(beta, (0, pad)), F.pad(log_alpha, (0, pad))
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta = F.pad(beta, (0, pad))
     N = (T + pad) // C
     qc, kc, vc = q.view(B, H, N, C, K), k.view(B, H, N, C, K), v.view(B, H, N, C, V)
     beta = beta.view(B, H, N, C, 1)
-    b = log_alpha.view(B, H, N, C).cumsum(-1)  # (B, H, N, C) log γ_i from the chunk start
-    decay = _decay_matrix(b)  # (B, H, N, C, C) Γ ⊙ M, diagonal included
-    gamma = b.exp()[..., None]  # (B, H, N, C, 1)
-    to_end = (b[..., -1:] - b).exp()[..., None]  # (B, H, N, C, 1) Γ_Cj: from j to chunk end
+    if log_alpha is None:  # no decay (DeltaNet): Γ ⊙ M is the causal mask, γ = 1
+        decay = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
+        gamma = to_end = None
+    else:
+        log_alpha = F.pad(log_alpha.to(beta.dtype), (0, pad)) if pad else log_alpha.to(beta.dtype)
+        b = log_alpha.view(B, H, N, C).cumsum(-1)  # (B, H, N, C) log γ_i from the chunk start
+        decay = _decay_matrix(b)  # (B, H, N, C, C) Γ ⊙ M, diagonal included
+        gamma = b.exp()[..., None]  # (B, H, N, C, 1)
+        to_end = (b[..., -1:] - b).exp()[..., None]  # (B, H, N, C, 1) Γ_Cj: j to chunk end
 
     # UT transform: (I + A) [U_0 | W] = [diag(β) V | diag(β γ) K], then U = U_0 - W S_0
     A = (beta * (kc @ kc.transpose(-2, -1)) * decay).tril(-1)  # (B, H, N, C, C) strictly lower
     eye = torch.eye(C, dtype=A.dtype, device=A.device)
-    rhs = torch.cat((beta * vc, beta * gamma * kc), dim=-1)  # (B, H, N, C, D_v + D_k)
+    beta_k = beta * kc if gamma is None else beta * gamma * kc
+    rhs = torch.cat((beta * vc, beta_k), dim=-1)  # (B, H, N, C, D_v + D_k)
     u0, w = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True).split(
         [V, K], dim=-1
     )
@@ -96,13 +102,17 @@ def chunked_delta_rule(
     # Per-chunk views taken once: indexing chunk n inside the loop would give each its own
     # backward, a zero-filled full-size gradient per chunk (O(N^2) memory traffic).
     u0_n, w_n, scores_n = u0.unbind(2), w.unbind(2), scores.unbind(2)
-    q_decayed, chunk_decay = (qc * gamma).unbind(2), gamma[:, :, :, -1:].unbind(2)
-    k_to_end = (kc * to_end).transpose(-2, -1).unbind(2)  # (B, H, D_k, C) each
+    if gamma is None:
+        q_decayed, chunk_decay = qc.unbind(2), None
+        k_to_end = kc.transpose(-2, -1).unbind(2)  # (B, H, D_k, C) each
+    else:
+        q_decayed, chunk_decay = (qc * gamma).unbind(2), gamma[:, :, :, -1:].unbind(2)
+        k_to_end = (kc * to_end).transpose(-2, -1).unbind(2)
     outputs = []
     for n in range(N):  # across chunks: a running (D_k x D_v) state
         u = u0_n[n] - w_n[n] @ S  # (B, H, C, D_v) corrected values
         outputs.append(q_decayed[n] @ S + scores_n[n] @ u)
-        S = chunk_decay[n] * S + k_to_end[n] @ u
+        S = (S if chunk_decay is None else chunk_decay[n] * S) + k_to_end[n] @ u
     if state is not None:
         state.S = S
         state.length += T
