@@ -161,8 +161,9 @@ def test_extreme_gate_logits_stay_finite() -> None:
 
 
 def test_factorised_within_chunk_form_has_the_exact_forms_gradients(monkeypatch) -> None:
-    """The per-channel chunk product factorised around the chunk's middle (the fast path for
-    decays up to e^-40 within half a chunk) equals the exact (C, C, K) form, gradients too."""
+    """The per-channel chunk product factorised around the chunk's first position (the fast
+    path for decays up to e^-40 within a chunk) equals the exact (C, C, K) form, gradients
+    too."""
     import attn_lightning.attention.decay_kernel as decay_kernel
 
     q, k, v, log_alpha = (x.requires_grad_() for x in inputs())
