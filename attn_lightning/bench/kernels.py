@@ -1,5 +1,5 @@
 """`python -m attn_lightning.bench kernels`: our linear-family cores raced against SDPA and the
-public implementations (kernel_references.py) at one shape, in one run.
+public implementations (_kernel_references.py) at one shape, in one run.
 
 Each entry is a forward + backward of the attention core only (ours: `core(q, k, v, gates(x))`,
 gates included), timed in interleaved rounds after warm-up so that machine drift hits all
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attn_lightning.bench import kernel_references as refs
+from attn_lightning.bench import _kernel_references as refs
 from attn_lightning.errors import UserError, exit_on_user_error
 from attn_lightning.variants import build_attention, variant_names
 

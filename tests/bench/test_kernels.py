@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attn_lightning.bench import kernel_references as refs
+from attn_lightning.bench import _kernel_references as refs
 from attn_lightning.bench.kernels import Entry, main, row_cosine, table
 from attn_lightning.variants import build_attention
 
