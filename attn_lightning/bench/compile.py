@@ -17,7 +17,6 @@ reorder the arithmetic.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from attn_lightning.bench.throughput import PlainLoop, _sync
+from attn_lightning.bench.throughput import PlainLoop, _sync, block_figures, ratio_line
 from attn_lightning.config import CONFIG_DIR
 
 LOOPS = ("eager", "compiled")
@@ -70,12 +69,8 @@ def measure(overrides: list[str], steps: int, block: int, warmup_blocks: int) ->
             e / c for e, c in zip(times["eager"], times["compiled"], strict=True)
         ),
         **{
-            name: {
-                "first_step_sec": first_step[name],
-                "tokens_per_sec": tokens * len(t) / sum(t),
-                "ms_per_step": 1000 * sum(t) / (block * len(t)),
-                "final_loss": last_loss[name],
-            }
+            name: {"first_step_sec": first_step[name], "final_loss": last_loss[name]}
+            | block_figures(t, tokens, block)
             for name, t in times.items()
         },
     }
@@ -106,11 +101,6 @@ def main(argv: list[str]) -> None:
         )
     ratios = result["pair_ratios"]
     overall = result["compiled"]["tokens_per_sec"] / result["eager"]["tokens_per_sec"]
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    print(
-        f"compiled/eager tokens/s = {overall:.3f} over all timed blocks; per adjacent block pair:"
-        f" median {statistics.median(ratios):.3f}, quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f}"
-        f" ({len(ratios)} pairs)"
-    )
+    print(ratio_line("compiled/eager tokens/s", overall, ratios))
     compile_sec = result["compiled"]["first_step_sec"] - result["eager"]["ms_per_step"] / 1000
     print(f"compilation: about {compile_sec:.0f} s, paid once per run (the first step)")

@@ -128,6 +128,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def block_figures(seconds: list[float], tokens_per_block: int, block: int) -> dict[str, float]:
+    """tokens/s and ms/step of one loop over its timed blocks of `block` steps."""
+    total = sum(seconds)
+    return {
+        "tokens_per_sec": tokens_per_block * len(seconds) / total,
+        "ms_per_step": 1000 * total / (block * len(seconds)),
+    }
+
+
+def ratio_line(name: str, overall: float, ratios: list[float]) -> str:
+    """The ratio over all timed blocks, and its median and quartiles over adjacent pairs."""
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return (
+        f"{name} = {overall:.3f} over all timed blocks; per adjacent block pair: median "
+        f"{statistics.median(ratios):.3f}, quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f}"
+        f" ({len(ratios)} pairs)"
+    )
+
+
 def measure(overrides: list[str], steps: int, block: int, warmup_blocks: int) -> dict[str, Any]:
     """Per loop: tokens/s over the timed blocks and the final loss; and the Lightning/plain
     tokens/s ratio of each pair of adjacent blocks."""
@@ -161,11 +180,7 @@ def measure(overrides: list[str], steps: int, block: int, warmup_blocks: int) ->
             p / lit for p, lit in zip(times["plain"], times["lightning"], strict=True)
         ),
         **{
-            loop: {
-                "tokens_per_sec": tokens * len(t) / sum(t),
-                "ms_per_step": 1000 * sum(t) / (block * len(t)),
-                "final_loss": interleaved.last_loss[loop],
-            }
+            loop: block_figures(t, tokens, block) | {"final_loss": interleaved.last_loss[loop]}
             for loop, t in times.items()
         },
     }
@@ -197,12 +212,7 @@ def main(argv: list[str]) -> None:
         cells = f"{r['tokens_per_sec']:,.0f} | {r['ms_per_step']:.2f} | {r['final_loss']:.6f}"
         print(f"| {name} | {cells} |")
     overall = result["lightning"]["tokens_per_sec"] / result["plain"]["tokens_per_sec"]
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    print(
-        f"lightning/plain = {overall:.3f} over all timed blocks; per adjacent block pair: "
-        f"median {statistics.median(ratios):.3f}, quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f}"
-        f" ({len(ratios)} pairs)"
-    )
+    print(ratio_line("lightning/plain", overall, ratios))
     same = result["plain"]["final_loss"] == result["lightning"]["final_loss"]
     print(
         f"identical losses (same model, same batches): {'yes' if same else 'no'}"
