@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attn_lightning.bench import _kernel_references as refs
+from attn_lightning.bench.kernel_profile import breakdown_table, matmul_rates, profile_call
 from attn_lightning.errors import UserError, exit_on_user_error
 from attn_lightning.variants import build_attention, variant_names
 
 OURS = ("linear", "performer", "deltanet", "gated_deltanet", "gla", "retention")
+PROFILED_CHUNK = 64  # the chunk size of the chunked kernels' configs, for the matmul rate
 
 
 @dataclass
@@ -190,16 +192,20 @@ def race(entries: Sequence[Entry], warmup: int, repeats: int) -> None:
 
 
 def table(entries: Sequence[Entry]) -> str:
+    """Markdown, a row per entry: its median, its time over the first entry's (SDPA: a
+    machine-independent figure) and, against the ours-entry it races, ours / theirs."""
     by_label = {e.label: e for e in entries}
     lines = [
-        "| core | ms | compared with | ours / theirs | output cosine | note |",
-        "| --- | ---: | --- | ---: | ---: | --- |",
+        f"| core | ms | / {entries[0].label} | compared with | ours / theirs | output cosine "
+        "| note |",
+        "| --- | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     for e in entries:
         ratio = f"{by_label[e.versus].ms / e.ms:.3g}" if e.versus else ""
         cosine = f"{e.cosine:.5f}" if e.cosine is not None else ""
         lines.append(
-            f"| {e.label} | {e.ms:,.1f} | {e.versus or ''} | {ratio} | {cosine} | {e.note} |"
+            f"| {e.label} | {e.ms:,.1f} | {e.ms / entries[0].ms:.3f} | {e.versus or ''} | "
+            f"{ratio} | {cosine} | {e.note} |"
         )
     return "\n".join(lines)
 
@@ -220,6 +226,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--warmup", type=int, default=1, help="untimed calls of each (default %(default)s)")
     add("--repeats", type=int, default=5, help="timed rounds (default %(default)s)")
     add("--seed", type=int, default=0, help="(default %(default)s)")
+    add(
+        "--profile",
+        action="store_true",
+        help="then profile each of our cores once: where its time goes, its matmul work and the "
+        "time that work takes at the matmul rate measured in the same run",
+    )
     args = parser.parse_args(argv)
     args.variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     unknown = [v for v in args.variants if v not in variant_names()]
@@ -248,3 +260,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"median of {args.repeats}\n"
     )
     print(table(entries))
+    if args.profile:
+        peak, chunked = matmul_rates(PROFILED_CHUNK, args.head_dim)
+        print(
+            f"\nmatmul rate in this run: {peak:.0f} GFLOP/s (1024 x 1024 x 1024), "
+            f"{chunked:.0f} GFLOP/s (2048 products ({PROFILED_CHUNK} x {args.head_dim})"
+            f"({args.head_dim} x {PROFILED_CHUNK}), a chunked kernel's shape); one profiled "
+            "forward + backward each, shares of its op time:\n"
+        )
+        profiled = [e for e in entries if e.label.startswith("ours: ")]
+        rows = [(e.label, e.ms, profile_call(e.call)) for e in profiled]
+        print(breakdown_table(rows, peak, chunked))

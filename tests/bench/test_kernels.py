@@ -29,13 +29,14 @@ def test_our_performer_given_performer_pytorchs_projection_computes_its_function
     assert row_cosine(ours_out, v) < 0.9  # not a trivial agreement: attention mixes the values
 
 
-def test_ratio_is_ours_over_theirs_of_the_medians() -> None:
+def test_ratios_are_of_the_medians_ours_over_theirs_and_over_the_first_entry() -> None:
+    sdpa = Entry("SDPA (is_causal)", lambda: None, seconds=[0.8, 0.9, 0.7])
     ours = Entry("ours: linear", lambda: None, seconds=[0.1, 0.3, 0.2])
     theirs = Entry("theirs", lambda: None, versus="ours: linear", cosine=0.99999, seconds=[0.4])
-    rows = table([ours, theirs]).splitlines()
-    assert rows[2].startswith("| ours: linear | 200.0 |")
-    assert rows[3].split("|")[4].strip() == "0.5"  # 200 ms / 400 ms
-    assert rows[3].split("|")[5].strip() == "0.99999"
+    rows = [[c.strip() for c in row.split("|")] for row in table([sdpa, ours, theirs]).splitlines()]
+    assert rows[0][3] == "/ SDPA (is_causal)"
+    assert rows[3][1:4] == ["ours: linear", "200.0", "0.250"]  # 200 ms / 800 ms
+    assert rows[4][3:7] == ["0.500", "ours: linear", "0.5", "0.99999"]  # 400 / 800; 200 / 400
 
 
 def test_a_tiny_race_prints_a_row_per_core(capsys) -> None:
