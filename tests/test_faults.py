@@ -51,6 +51,31 @@ def run(args, cwd, data_dir, module="attn_lightning") -> subprocess.CompletedPro
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def run_together(runs: list[list[str]], cwd, data_dir) -> list[subprocess.CompletedProcess]:
+    """Independent runs side by side: their interpreter start-ups overlap."""
+    procs = []
+    for args in runs:
+        command, env = cli(args, cwd, data_dir)
+        procs.append(
+            (
+                command,
+                subprocess.Popen(
+                    command,
+                    cwd=cwd,
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                ),
+            )
+        )
+    results = []
+    for command, proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(command, proc.returncode, stdout, stderr))
+    return results
+
+
 def saved_step(path: Path) -> int:
     try:
         return int(torch.load(path, weights_only=True)["global_step"])
@@ -123,12 +148,17 @@ def killed_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Kill
     assert 30 <= step < 120
     kept = root / "killed_at_step.ckpt"  # the file, before the in-place resume rewrites it
     shutil.copy2(ckpt, kept)
-    resumed = run([*args, "hydra.run.dir=outputs/resumed", f"ckpt_path={kept}"], root, data_dir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    in_place = run([*args, "hydra.run.dir=outputs/killed", "ckpt_path=last"], root, data_dir)
-    assert in_place.returncode == 0, in_place.stderr[-3000:]
-    full = run([*args, "hydra.run.dir=outputs/full"], root, data_dir)
-    assert full.returncode == 0, full.stderr[-3000:]
+    resumed, in_place, full = run_together(
+        [
+            [*args, "hydra.run.dir=outputs/resumed", f"ckpt_path={kept}"],
+            [*args, "hydra.run.dir=outputs/killed", "ckpt_path=last"],
+            [*args, "hydra.run.dir=outputs/full"],
+        ],
+        root,
+        data_dir,
+    )
+    for finished in (resumed, in_place, full):
+        assert finished.returncode == 0, finished.stderr[-3000:]
     out = root / "outputs"
     return KilledRun(
         root,
