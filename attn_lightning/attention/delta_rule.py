@@ -51,8 +51,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 def _decay_matrix(b: Tensor) -> Tensor:
     """Cumulative log decays b (..., C) -> Γ ⊙ M (..., C, C): exp(b_i - b_j) for j <= i, else 0."""
     C = b.size(-1)
-    causal = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
-    return (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    future = torch.ones(C, C, dtype=torch.bool, device=b.device).triu(1)
+    return (b[..., :, None] - b[..., None, :]).masked_fill_(future, float("-inf")).exp_()
 
 
 def chunked_delta_rule(
@@ -79,8 +79,7 @@ def chunked_delta_rule(
     qc, kc, vc = q.view(B, H, N, C, K), k.view(B, H, N, C, K), v.view(B, H, N, C, V)
     beta = beta.view(B, H, N, C, 1)
     if log_alpha is None:  # no decay (DeltaNet): Γ ⊙ M is the causal mask, γ = 1
-        decay = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
-        gamma = to_end = None
+        decay = gamma = to_end = None
     else:
         log_alpha = F.pad(log_alpha.to(beta.dtype), (0, pad)) if pad else log_alpha.to(beta.dtype)
         b = log_alpha.view(B, H, N, C).cumsum(-1)  # (B, H, N, C) log γ_i from the chunk start
@@ -88,15 +87,18 @@ def chunked_delta_rule(
         gamma = b.exp()[..., None]  # (B, H, N, C, 1)
         to_end = (b[..., -1:] - b).exp()[..., None]  # (B, H, N, C, 1) Γ_Cj: j to chunk end
 
-    # UT transform: (I + A) [U_0 | W] = [diag(β) V | diag(β γ) K], then U = U_0 - W S_0
-    A = (beta * (kc @ kc.transpose(-2, -1)) * decay).tril(-1)  # (B, H, N, C, C) strictly lower
-    eye = torch.eye(C, dtype=A.dtype, device=A.device)
+    # UT transform: (I + A) [U_0 | W] = [diag(β) V | diag(β γ) K], then U = U_0 - W S_0.
+    # A unit-triangular solve reads only the strictly lower triangle of what it is given (and
+    # its backward masks the gradient to it), so A needs neither the mask nor I added.
+    kk = kc @ kc.transpose(-2, -1)  # (B, H, N, C, C)
+    A = beta * (kk if decay is None else kk * decay)
     beta_k = beta * kc if gamma is None else beta * gamma * kc
     rhs = torch.cat((beta * vc, beta_k), dim=-1)  # (B, H, N, C, D_v + D_k)
-    u0, w = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True).split(
+    u0, w = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True).split(
         [V, K], dim=-1
     )
-    scores = (qc @ kc.transpose(-2, -1)) * decay  # (B, H, N, C, C) inside each chunk
+    scores = qc @ kc.transpose(-2, -1)  # (B, H, N, C, C) inside each chunk
+    scores = scores.tril_() if decay is None else scores * decay
 
     S = q.new_zeros(B, H, K, V) if state is None or state.S is None else state.S.to(q.dtype)
     # Per-chunk views taken once: indexing chunk n inside the loop would give each its own
@@ -181,7 +183,7 @@ class DeltaRuleAttention(CausalSelfAttention):
       convolution, as here with `short_conv`); with `rope`, the rotation comes before φ
       (norm-preserving, so k stays a unit vector)."""
 
-    def __init__(self, *args: Any, chunk_size: int = 64, eps: float = 1e-6, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, chunk_size: int = 32, eps: float = 1e-6, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if chunk_size < 1:
             raise ConfigError(f"attention.chunk_size must be >= 1, got {chunk_size}")

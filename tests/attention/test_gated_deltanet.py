@@ -62,6 +62,26 @@ def test_chunked_and_recurrent_equal_the_paper(T: int, chunk_size: int) -> None:
     torch.testing.assert_close(step_state.S, S.mT)
 
 
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("chunk_size", [4, 8])  # 37 positions: the last chunk padded
+def test_chunked_gradients_equal_the_papers(decay: bool, chunk_size: int) -> None:
+    """Gradients of q, k, v, β and log α through the chunked form (its triangular solve given
+    the unmasked products) equal those through the paper's recurrence."""
+    tensors = [x.requires_grad_() for x in inputs(37)]
+    log_alpha = tensors[4] if decay else torch.zeros_like(tensors[4])
+    weight = torch.randn(B, H, 37, DV, dtype=torch.float64)
+    expected = torch.autograd.grad(
+        (paper_recurrence(*tensors[:4], log_alpha)[0] * weight).sum(), tensors, allow_unused=True
+    )
+    chunked = chunked_delta_rule(*tensors[:4], log_alpha if decay else None, chunk_size)
+    got = torch.autograd.grad((chunked * weight).sum(), tensors, allow_unused=True)
+    for name, g, e in zip(["q", "k", "v", "beta", "log_alpha"], got, expected, strict=True):
+        if e is None:  # log α unused without decay
+            assert g is None, name
+            continue
+        torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("split", [8, 13])
 def test_continues_from_a_carried_state(split: int) -> None:
     """Prefill `split` tokens (chunked), then continue chunked or token by token."""
