@@ -64,24 +64,29 @@ def _decay_matrix(b: Tensor) -> Tensor:
 FACTOR_BOUND = 40.0  # log-decay within a chunk up to which the factorised form is used
 
 
-def _per_channel_within(qc: Tensor, kc: Tensor, b: Tensor) -> Tensor:
-    """Σ_d q_id k_jd exp(b_id - b_jd) for j <= i (else 0): (B, H, N, C, K) -> (B, H, N, C, C).
+def _per_channel_terms(qc: Tensor, kc: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A per-channel decay's three chunk terms from q, k (B, H, N, C, K) and cumulative log α
+    b (B, H, N, C, K): the within-chunk scores Σ_d q_id k_jd exp(b_id - b_jd) for j <= i
+    (else 0) (B, H, N, C, C), the queries decayed from the chunk's start q ⊙ exp(b) and the
+    keys decayed to its end k ⊙ exp(b_C - b) (B, H, N, C, K).
 
     Factorised around the chunk's first position, (q_i ⊙ exp(b_i - b_0)) · (k_j ⊙ exp(b_0 -
     b_j)), one matmul, when every b_0 - b_i <= FACTOR_BOUND (each factor at most e^40, so the
     masked-out products stay finite in float32; the reference precedes every position of its
-    chunk, so no rounding lets a later token reach an earlier one); for decays stronger than
-    e^-40 within a chunk, the exact (B, H, N, C, C, K) form, whose memory traffic (268 MiB at
-    B=8, H=4, T=4096, C=16) made GLA 10x slower than linear attention. The check is one
-    reduction (a host sync on a GPU)."""
-    C = b.size(-2)
-    relative = b - b[..., :1, :]  # (B, H, N, C, K) b_i - b_0 <= 0
+    chunk, so no rounding lets a later token reach an earlier one); the two factors then give
+    the other terms by a per-chunk scale instead of two more exponentials of the whole input.
+    For decays stronger than e^-40 within a chunk, the exact (B, H, N, C, C, K) form, whose
+    memory traffic (268 MiB at B=8, H=4, T=4096, C=16) made GLA 10x slower than linear
+    attention. The check is one reduction (a host sync on a GPU)."""
+    first, last = b[..., :1, :], b[..., -1:, :]  # (B, H, N, 1, K)
+    relative = b - first  # b_i - b_0 <= 0
     if bool(relative.amin() >= -FACTOR_BOUND):
-        scores = (qc * relative.exp()) @ (kc * (-relative).exp()).transpose(-2, -1)
-        causal = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
-        return scores.masked_fill(~causal, 0.0)
+        q_from_first, k_to_first = qc * relative.exp(), kc * (-relative).exp()
+        within = (q_from_first @ k_to_first.transpose(-2, -1)).tril_()
+        return within, q_from_first * first.exp(), k_to_first * (last - first).exp()
     decayed_k = _decay_matrix(b) * kc[..., None, :, :]  # (B, H, N, C, C, K) k_j ⊙ α_{j->i}
-    return (decayed_k @ qc[..., :, :, None]).squeeze(-1)  # (B, H, N, C, C)
+    within = (decayed_k @ qc[..., :, :, None]).squeeze(-1)  # (B, H, N, C, C)
+    return within, qc * b.exp(), kc * (last - b).exp()
 
 
 def chunked_decay_attention(
@@ -99,14 +104,15 @@ def chunked_decay_attention(
     qc, kc, vc = q.view(B, H, N, C, K), k.view(B, H, N, C, K), v.view(B, H, N, C, V)
     b = log_decay.view(B, H, N, C, G).cumsum(3)  # (B, H, N, C, G) log Π α from the chunk start
 
+    last = b[:, :, :, -1:]  # (B, H, N, 1, G) log-decay across the whole chunk
     if G == 1:  # scalar decay: (q k^T) ⊙ exp(b_i - b_j)
         within = (qc @ kc.transpose(-2, -1)) * _decay_matrix(b)  # (B, H, N, C, C)
+        q_from_start, k_to_end = qc * b.exp(), kc * (last - b).exp()
     else:  # per channel: Σ_d q_id k_jd exp(b_id - b_jd)
-        within = _per_channel_within(qc, kc, b)
+        within, q_from_start, k_to_end = _per_channel_terms(qc, kc, b)
     out = within @ vc  # (B, H, N, C, V)
 
-    last = b[:, :, :, -1:]  # (B, H, N, 1, G) log-decay across the whole chunk
-    written = (kc * (last - b).exp()).transpose(-2, -1) @ vc  # (B, H, N, K, V) decayed to its end
+    written = k_to_end.transpose(-2, -1) @ vc  # (B, H, N, K, V) decayed to the chunk's end
     across = last.exp().transpose(-2, -1)  # (B, H, N, G, 1)
     S = q.new_zeros(B, H, K, V) if state is None or state.S is None else state.S
     before = []  # the state entering each chunk: N small (K, V) matrices
@@ -114,7 +120,7 @@ def chunked_decay_attention(
     for across_n, written_n in zip(across.unbind(2), written.unbind(2), strict=True):
         before.append(S)
         S = across_n * S + written_n
-    out = out + (qc * b.exp()) @ torch.stack(before, 2)  # (B, H, N, C, V) the past, decayed
+    out = out + q_from_start @ torch.stack(before, 2)  # (B, H, N, C, V) the past, decayed
     if state is not None:
         state.S = S
         state.length += T
