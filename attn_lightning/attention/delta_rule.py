@@ -14,7 +14,7 @@ the state's prediction for k_t moves a fraction β_t of the way to v_t. Three fo
       (I + A) U = diag(β) V - diag(β γ) K S_0,   A_ij = β_i Γ_ij k_i·k_j  (j < i),
   one unit-triangular solve per chunk; then O = diag(γ) Q S_0 + (Q K^T ⊙ Γ ⊙ M) U and
   S_C = γ_C S_0 + (K ⊙ Γ_Cj)^T U carry a (D_k x D_v) state across chunks; never a (T, D, D)
-  tensor of prefix states;
+  tensor of prefix states (one autograd Function with its own backward: chunked_delta_rule.py);
 - recurrent (decoding): the update above, one token at a time, O(1) per token;
 - materialised: the core is linear in v, O = M_att V with
       M_att = (Q K^T ⊙ Γ ⊙ M) (I + A)^{-1} diag(β)   over the whole sequence (S_0 = 0).
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.chunked_delta_rule import ChunkedDeltaRule
 from attn_lightning.errors import ConfigError
 
 
@@ -61,7 +62,7 @@ def chunked_delta_rule(
     v: Tensor,
     beta: Tensor,
     log_alpha: Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
     state: DeltaRuleState | None = None,
 ) -> Tensor:
     """q, k: (B, H, T, D_k) unit vectors; v: (B, H, T, D_v); beta, log_alpha: (B, H, T)
@@ -76,49 +77,26 @@ def chunked_delta_rule(
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
         beta = F.pad(beta, (0, pad))
     N = (T + pad) // C
-    qc, kc, vc = q.view(B, H, N, C, K), k.view(B, H, N, C, K), v.view(B, H, N, C, V)
-    beta = beta.view(B, H, N, C, 1)
-    if log_alpha is None:  # no decay (DeltaNet): Γ ⊙ M is the causal mask, γ = 1
-        decay = gamma = to_end = None
-    else:
+    rows = B * H
+
+    def chunk_major(x: Tensor) -> Tensor:  # (B, H, N * C, ...) -> (N, B * H, C, ...)
+        return x.reshape(rows, N, C, *x.shape[3:]).transpose(0, 1).contiguous()
+
+    b = None
+    if log_alpha is not None:  # log γ_i from the chunk start
         log_alpha = F.pad(log_alpha.to(beta.dtype), (0, pad)) if pad else log_alpha.to(beta.dtype)
-        b = log_alpha.view(B, H, N, C).cumsum(-1)  # (B, H, N, C) log γ_i from the chunk start
-        decay = _decay_matrix(b)  # (B, H, N, C, C) Γ ⊙ M, diagonal included
-        gamma = b.exp()[..., None]  # (B, H, N, C, 1)
-        to_end = (b[..., -1:] - b).exp()[..., None]  # (B, H, N, C, 1) Γ_Cj: j to chunk end
-
-    # UT transform: (I + A) [U_0 | W] = [diag(β) V | diag(β γ) K], then U = U_0 - W S_0.
-    # A unit-triangular solve reads only the strictly lower triangle of what it is given (and
-    # its backward masks the gradient to it), so A needs neither the mask nor I added.
-    kk = kc @ kc.transpose(-2, -1)  # (B, H, N, C, C)
-    A = beta * (kk if decay is None else kk * decay)
-    beta_k = beta * kc if gamma is None else beta * gamma * kc
-    rhs = torch.cat((beta * vc, beta_k), dim=-1)  # (B, H, N, C, D_v + D_k)
-    u0, w = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True).split(
-        [V, K], dim=-1
+        b = chunk_major(log_alpha).cumsum(-1)
+    S0 = None if state is None or state.S is None else state.S.to(q.dtype).reshape(rows, K, V)
+    if S0 is not None and S0.requires_grad:
+        raise ValueError("chunked_delta_rule: the carried state gets no gradient; detach it")
+    out, S = ChunkedDeltaRule.apply(
+        chunk_major(q), chunk_major(k), chunk_major(v), chunk_major(beta), b, S0
     )
-    scores = qc @ kc.transpose(-2, -1)  # (B, H, N, C, C) inside each chunk
-    scores = scores.tril_() if decay is None else scores * decay
-
-    S = q.new_zeros(B, H, K, V) if state is None or state.S is None else state.S.to(q.dtype)
-    # Per-chunk views taken once: indexing chunk n inside the loop would give each its own
-    # backward, a zero-filled full-size gradient per chunk (O(N^2) memory traffic).
-    u0_n, w_n, scores_n = u0.unbind(2), w.unbind(2), scores.unbind(2)
-    if gamma is None:
-        q_decayed, chunk_decay = qc.unbind(2), None
-        k_to_end = kc.transpose(-2, -1).unbind(2)  # (B, H, D_k, C) each
-    else:
-        q_decayed, chunk_decay = (qc * gamma).unbind(2), gamma[:, :, :, -1:].unbind(2)
-        k_to_end = (kc * to_end).transpose(-2, -1).unbind(2)
-    outputs = []
-    for n in range(N):  # across chunks: a running (D_k x D_v) state
-        u = u0_n[n] - w_n[n] @ S  # (B, H, C, D_v) corrected values
-        outputs.append(q_decayed[n] @ S + scores_n[n] @ u)
-        S = (S if chunk_decay is None else chunk_decay[n] * S) + k_to_end[n] @ u
     if state is not None:
-        state.S = S
+        state.S = S.view(B, H, K, V)
         state.length += T
-    return torch.cat(outputs, dim=2)[:, :, :T].to(dtype)  # (B, H, T, D_v)
+    out = out.view(N, B, H, C, V).permute(1, 2, 0, 3, 4).reshape(B, H, N * C, V)
+    return out[:, :, :T].to(dtype)  # (B, H, T, D_v)
 
 
 def recurrent_delta_rule(
@@ -183,7 +161,7 @@ class DeltaRuleAttention(CausalSelfAttention):
       convolution, as here with `short_conv`); with `rope`, the rotation comes before φ
       (norm-preserving, so k stays a unit vector)."""
 
-    def __init__(self, *args: Any, chunk_size: int = 32, eps: float = 1e-6, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, chunk_size: int = 16, eps: float = 1e-6, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if chunk_size < 1:
             raise ConfigError(f"attention.chunk_size must be >= 1, got {chunk_size}")

@@ -197,3 +197,13 @@ def test_layer_decodes_what_it_computes() -> None:
     steps += [attn(x[:, t : t + 1], cache=cache)[0] for t in range(11, 29)]
     torch.testing.assert_close(torch.cat(steps, 1), parallel)
     assert cache.S.shape == (2, SHAPE["n_head"], 8, 8) and cache.length == 29
+
+
+def test_a_carried_state_that_wants_a_gradient_is_refused() -> None:
+    """The chunked form gives the entering state no gradient: silently dropping one would be
+    a wrong gradient, so it is an error."""
+    q, k, v, beta, log_alpha = inputs(8)
+    state = DeltaRuleState()
+    state.S = torch.zeros(B, H, DK, DV, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="carried state gets no gradient"):
+        chunked_delta_rule(q, k, v, beta, log_alpha, 4, state)
