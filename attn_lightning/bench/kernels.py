@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attn_lightning.bench import _kernel_references as refs
-from attn_lightning.bench.kernel_profile import breakdown_table, matmul_rates, profile_call
+from attn_lightning.bench._kernel_profile import breakdown_table, matmul_rates, profile_call
 from attn_lightning.errors import UserError, exit_on_user_error
 from attn_lightning.variants import build_attention, variant_names
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from attn_lightning.bench.kernel_profile import Breakdown, breakdown_table, profile_call
+from attn_lightning.bench._kernel_profile import Breakdown, breakdown_table, profile_call
 
 
 def test_in_place_products_and_the_triangular_solve_are_counted() -> None:
