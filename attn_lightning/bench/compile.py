@@ -24,6 +24,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from attn_lightning.analysis.flops import flops_per_token
 from attn_lightning.bench.throughput import PlainLoop, _sync, block_figures, ratio_line
 from attn_lightning.config import CONFIG_DIR
 
@@ -32,8 +33,9 @@ LOOPS = ("eager", "compiled")
 
 def measure(overrides: list[str], steps: int, block: int, warmup_blocks: int) -> dict[str, Any]:
     """Per loop: the first step's seconds (compilation, for the compiled loop), tokens/s and
-    ms/step over the timed blocks, the final loss; and the compiled/eager tokens/s ratio of
-    each pair of adjacent blocks."""
+    ms/step over the timed blocks, the final loss; the compiled/eager tokens/s ratio of each
+    pair of adjacent blocks; and for MFU the model's training FLOPs per token, the precision
+    and the device."""
     if block <= 0 or steps % block or not 0 <= warmup_blocks < steps // block:
         raise ValueError("need steps a multiple of block, and fewer warm-up blocks than blocks")
     with (
@@ -64,7 +66,13 @@ def measure(overrides: list[str], steps: int, block: int, warmup_blocks: int) ->
                 times[name].append(time.perf_counter() - start)
             last_loss[name] = float(loss.detach())
     tokens = block * cfg.data.batch_size * cfg.model.block_size  # per block
+    model = loops["eager"].model
     return {
+        "flops_per_token": flops_per_token(
+            model.num_params(), cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size
+        ),
+        "precision": str(cfg.trainer.precision),
+        "device": loops["eager"].device,
         "pair_ratios": sorted(
             e / c for e, c in zip(times["eager"], times["compiled"], strict=True)
         ),
