@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.kv_cache import QKVCache
@@ -119,23 +120,17 @@ class CausalSelfAttention(nn.Module, ABC):
         """(B, T, C) -> (B, T, C), plus the (B, H, T, T) weights when `return_attn`.
 
         With a `cache` (from `new_cache`), x holds only the new tokens, which continue the
-        sequence the cache has seen; no weights are returned then.
+        sequence the cache has seen; no weights are returned then (`step` does the work).
         """
+        if cache is not None:
+            return self.step(x, cache), None
         B, T, C = x.shape
-        start = 0 if cache is None else cache.length
-        if start + T > self.block_size:
-            raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
-        conv_cache = None
-        if isinstance(cache, ShortConvCache):  # the variant's decode sees only its own cache
-            conv_cache, cache = cache, cache.core
-        elif cache is not None and self.qkv_conv is not None:
-            raise ValueError("a layer with short_conv decodes from its own new_cache()")
-        q, k, v = self.split_heads(x, conv_cache)
+        if self.block_size < T:
+            raise ValueError(f"positions up to {T} exceed block_size {self.block_size}")
+        q, k, v = self.split_heads(x)
         g = self.gates(x)  # (B, H, T, G) or None
         att = None
-        if cache is not None:
-            y = self.decode(*self.apply_rope(q, k, start), v, cache, g)
-        elif return_attn:
+        if return_attn:
             q, k, v = self.core_inputs(q, k, v)
             att = self.attention_matrix(q, k, g)  # (B, H, T, T)
             y = self.attn_dropout(att) @ v
@@ -144,24 +139,55 @@ class CausalSelfAttention(nn.Module, ABC):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
 
+    def step(self, x: Tensor, cache: Any) -> Tensor:
+        """Decoding: new tokens x (B, T, C) continuing the sequence `cache` has seen ->
+        outputs (B, T, C), output projection included; advances the cache.
+
+        Bare functional ops and submodules' `forward` (no `__call__`, so no hooks of `qkv` or
+        `proj` run): a one-token step is a few dozen tiny ops whose dispatch is its cost."""
+        B, T, C = x.shape
+        start = cache.length
+        if start + T > self.block_size:
+            raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
+        conv_cache = None
+        if isinstance(cache, ShortConvCache):  # the variant's decode sees only its own cache
+            conv_cache, cache = cache, cache.core
+        elif self.qkv_conv is not None:
+            raise ValueError("a layer with short_conv decodes from its own new_cache()")
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # (B, T, (H + 2 H_kv) D)
+        q, k, v = self.split_qkv(qkv, conv_cache)
+        q, k = self.apply_rope(q, k, start)
+        y = self.decode(q, k, v, cache, self.gates(x))  # (B, H, T, D)
+        # (B, H, T, D) -> (B, T, C); for one token the same order of elements as it stands
+        y = y.reshape(B, T, C) if T == 1 else y.transpose(1, 2).reshape(B, T, C)
+        y = self.proj.forward(y)  # `forward`: a variant's own projection (decay_kernel.py) too
+        return self.resid_dropout(y) if self.training else y
+
     def split_heads(
         self, x: Tensor, conv_cache: ShortConvCache | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) -> projected (and short-convolved) q (B, H, T, D), k and v
         (B, H_kv, T, D), before RoPE. With `conv_cache`, x continues the inputs it holds and
         the cache advances; without, x starts the sequence."""
-        B, T, _ = x.shape
-        qkv = self.qkv(x)  # (B, T, (H + 2 H_kv) D)
+        return self.split_qkv(self.qkv(x), conv_cache)
+
+    def split_qkv(
+        self, qkv: Tensor, conv_cache: ShortConvCache | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`split_heads` after the projection: qkv (B, T, (H + 2 H_kv) D) -> q, k, v."""
+        B, T, _ = qkv.shape
         if self.qkv_conv is not None:
             qkv, state = self.qkv_conv(qkv, None if conv_cache is None else conv_cache.conv)
             if conv_cache is not None:
                 conv_cache.conv = state
-        q, k, v = qkv.split(
-            [self.n_embd, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
+        # the q, k and v heads side by side (B, H + 2 H_kv, T, D), split once; one token's
+        # (B, 1, (H + 2 H_kv) D) is that layout already: a view, no transpose
+        heads = (
+            qkv.view(B, -1, 1, self.head_dim)
+            if T == 1
+            else qkv.view(B, T, -1, self.head_dim).transpose(1, 2)
         )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = heads.split_with_sizes([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         return q, k, v
 
     def apply_rope(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:

@@ -18,12 +18,11 @@ def _extend(cached: Tensor | None, new: Tensor, max_len: int) -> Tensor:
     The first write allocates the storage and copies into it, so the cache never keeps the
     larger tensor its keys are a view of (the prefill's fused q/k/v projection)."""
     if cached is None:
-        B, H, T, D = new.shape
-        storage = new.new_empty(B, H, max_len, D)
-        cached = storage[:, :, :0]
-    n, T = cached.size(2), new.size(2)
+        B, H, _, D = new.shape
+        cached = new.new_empty(B, H, max_len, D)[:, :, :0]
+    B, H, n, D = cached.shape
     # the same storage and strides, n + T slots long: no copy of the n cached positions
-    grown = cached.as_strided((*cached.shape[:2], n + T, cached.size(3)), cached.stride())
+    grown = cached.as_strided((B, H, n + new.size(2), D), cached.stride())
     grown[:, :, n:].copy_(new)
     return grown
 

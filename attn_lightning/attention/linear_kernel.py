@@ -37,10 +37,6 @@ class LinearAttentionState:
         self.z: Tensor | None = None
 
 
-def _normalise(num: Tensor, den: Tensor, eps: float) -> Tensor:
-    return num / (den + eps).clamp_min(torch.finfo(den.dtype).tiny)[..., None]
-
-
 def chunked_causal_linear_attention(
     q: Tensor, k: Tensor, v: Tensor, chunk_size: int, eps: float, state: LinearAttentionState | None
 ) -> Tensor:
@@ -62,23 +58,27 @@ def chunked_causal_linear_attention(
 def recurrent_linear_attention(
     q: Tensor, k: Tensor, v: Tensor, eps: float, state: LinearAttentionState
 ) -> Tensor:
-    """The RNN form, one token at a time: q, k (B, H, T, M), v (B, H, T, D). Each token's
-    update and read are batched matrix products on (.., 1, ..) slices: a handful of ops per
-    token (decoding is op-bound), no per-token stack."""
+    """The RNN form, one token at a time: q, k (B, H, T, M), v (B, H, T, D). Each token
+    updates the state in place (S += φ(k_t) v_t^T, z += φ(k_t)) and reads it with two batched
+    products: a handful of ops per token (decoding is op-bound), no new state tensors, no
+    per-token stack."""
     if state.S is None:
         B, H, _, M = q.shape
         state.S = q.new_zeros(B, H, M, v.size(-1))
         state.z = q.new_zeros(B, H, M)
+    S, z = state.S, state.z.unsqueeze(-1)  # z as a column (B, H, M, 1), a view of state.z
+    tiny = torch.finfo(q.dtype).tiny
+    T = q.size(2)
     outputs = []
-    for t in range(q.size(2)):
-        q_t, k_t, v_t = q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]
-        state.S = torch.addcmul(state.S, k_t.transpose(-2, -1), v_t)  # + φ(k_t) v_t^T
-        state.z = state.z + k_t[:, :, 0]
-        num = q_t @ state.S  # (B, H, 1, D)
-        den = (q_t @ state.z[..., None]).squeeze(-1)  # (B, H, 1)
-        outputs.append(_normalise(num, den, eps))
-        state.length += 1
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+    for t in range(T):
+        q_t, k_t, v_t = (q, k, v) if T == 1 else (x[:, :, t : t + 1] for x in (q, k, v))
+        k_col = k_t.transpose(-2, -1)  # (B, H, M, 1)
+        S.addcmul_(k_col, v_t)  # + φ(k_t) v_t^T
+        z.add_(k_col)
+        den = (q_t @ z).add_(eps).clamp_min_(tiny)  # (B, H, 1, 1)
+        outputs.append((q_t @ S).div_(den))  # (B, H, 1, D)
+    state.length += T
+    return outputs[0] if T == 1 else torch.cat(outputs, dim=2)
 
 
 def linear_attention_matrix(q: Tensor, k: Tensor, eps: float) -> Tensor:

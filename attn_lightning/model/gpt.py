@@ -55,6 +55,11 @@ def layer_factories(
     return factories
 
 
+def layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """`norm(x)` without the module call (decoding's bare-op path)."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
 class GPTOutput(NamedTuple):
     logits: Tensor  # (B, T, vocab_size)
     loss: Tensor | None  # mean cross-entropy over targets != ignore_index
@@ -71,6 +76,12 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
+    def step(self, x: Tensor) -> Tensor:
+        """`forward` in bare functional ops, for decoding (see `Block.step`)."""
+        h = F.gelu(F.linear(x, self.fc.weight, self.fc.bias))  # (B, T, 4C)
+        y = F.linear(h, self.proj.weight, self.proj.bias)
+        return self.dropout(y) if self.training else y
+
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
@@ -82,12 +93,18 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias)
 
-    def forward(
-        self, x: Tensor, return_attn: bool = False, cache: Any = None
-    ) -> tuple[Tensor, Tensor | None]:
-        a, att = self.attn(self.ln_1(x), return_attn=return_attn, cache=cache)
+    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        a, att = self.attn(self.ln_1(x), return_attn=return_attn)
         x = x + a
         return x + self.mlp(self.ln_2(x)), att
+
+    def step(self, x: Tensor, cache: Any) -> Tensor:
+        """Decoding: `forward` of new tokens x (B, T, C) continuing `cache`, in bare
+        functional ops. Decoding one token of a small model is op-dispatch bound (each op
+        costs microseconds of overhead, its arithmetic far less), so this path calls no
+        submodule (no `__call__`, no hooks) and creates no tensor it does not need."""
+        x = x + self.attn.step(layer_norm(self.ln_1, x), cache)
+        return x + self.mlp.step(layer_norm(self.ln_2, x))
 
 
 class GPT(nn.Module):
@@ -181,25 +198,47 @@ class GPT(nn.Module):
         With `caches` (from `new_caches`), idx continues the sequence the caches have seen and
         holds only the new tokens: positions start at the caches' length.
         """
-        T = idx.size(1)
-        start = 0 if caches is None else caches[0].length
-        if self.block_size < start + T:
-            raise ValueError(f"sequence length {start + T} exceeds block_size {self.block_size}")
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start : start + T]  # rows start..: no index tensor
-        x = self.drop(x)
-        attentions = [] if return_attn else None
-        for i, block in enumerate(self.blocks):
-            cache = None if caches is None else caches[i]
-            x, att = block(x, return_attn=return_attn, cache=cache)
-            if attentions is not None:
-                attentions.append(att)
-        logits = self.lm_head(self.ln_f(x))
+        if caches is not None:
+            logits = F.linear(self.extend(idx, caches), self.lm_head.weight)
+            attentions = [None] * len(self.blocks) if return_attn else None
+        else:
+            logits, attentions = self._full_forward(idx, return_attn)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return GPTOutput(logits, loss, attentions)
+
+    def _full_forward(self, idx: Tensor, return_attn: bool) -> tuple[Tensor, list[Tensor] | None]:
+        """Logits (B, T, V) of a sequence from its start, and the per-layer weights if asked."""
+        T = idx.size(1)
+        if self.block_size < T:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[:T]  # rows 0..T-1: no index tensor
+        x = self.drop(x)
+        attentions = [] if return_attn else None
+        for block in self.blocks:
+            x, att = block(x, return_attn=return_attn)
+            if attentions is not None:
+                attentions.append(att)
+        return self.lm_head(self.ln_f(x)), attentions
+
+    def extend(self, idx: Tensor, caches: list[Any]) -> Tensor:
+        """Decoding: new tokens idx (B, T) continuing the sequence the caches have seen (their
+        positions start at the caches' length) -> final hidden states (B, T, C), after ln_f;
+        advances the caches. `Block.step` all the way (bare functional ops)."""
+        start, T = caches[0].length, idx.size(1)
+        if self.block_size < start + T:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.block_size}")
+        x = F.embedding(idx, self.tok_emb.weight)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start : start + T]  # rows start..: no index tensor
+        if self.training:
+            x = self.drop(x)
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block.step(x, cache)
+        return layer_norm(self.ln_f, x)
 
     @torch.inference_mode()  # no autograd bookkeeping per op: ~12% faster decoding on CPU
     def generate(
@@ -269,4 +308,5 @@ class IncrementalDecoder:
             self.caches, self.seen = self.model.new_caches(), 0
         new = idx[:, self.seen :]
         self.seen = length
-        return self.model(new, caches=self.caches).logits[:, -1, :]
+        last = self.model.extend(new, self.caches)[:, -1]  # (B, C): only its logits are read
+        return F.linear(last, self.model.lm_head.weight)
