@@ -11,13 +11,14 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 class ProgressBar(RichProgressBar):
     """Lightning's RichProgressBar, whose metrics column is read at most `refresh_rate` times a
-    second during training (the rate, per second, at which the bar is drawn).
+    second during training: the rate, per second, at which the bar is drawn.
 
-    Lightning's bar reads every progress-bar metric after each training step and converts each
-    to a Python float: a device sync per step on an accelerator, and ~0.4 ms of a CPU step. The
-    bar is drawn `refresh_rate` times a second at most, so the other reads were never shown. The
-    step count still advances every step, and validation's metrics are read when it ends, as
-    Lightning does.
+    Lightning's bar reads every progress-bar metric after each training step as a Python float
+    (a device sync per step on an accelerator), and its default rate of 100 draws a second
+    formats every column up to 100 times a second, holding the interpreter lock. At 10 draws a
+    second, metrics read as often, a CPU run of a 1-layer model spends ~0.85 ms a step less: as
+    little as with no bar at all. The step count still advances every step, and validation's metrics
+    are read when it ends, as Lightning does.
     """
 
     def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
