@@ -3,9 +3,9 @@
 Lightning's CSVLogger appends rows to metrics.csv in place (a kill mid-write leaves a torn row
 that a reader takes as data) and deletes an existing metrics.csv when a run starts in a dir that
 has one, which is exactly what continuing a run in place does. This logger rewrites the whole
-file through a temp file and a rename at each flush, and on resume keeps the rows logged before
-the checkpoint's step: the resumed run logs the later steps again, so those rows are replaced,
-never duplicated.
+file through a temp file and a rename at each flush (every `flush_logs_every_n_steps` steps, at
+each checkpoint and at the end), and on resume keeps the rows logged before the checkpoint's
+step: the resumed run logs the later steps again, so those rows are replaced, never duplicated.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -70,6 +71,33 @@ class ResumableCSVLogger(CSVLogger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resume_step = 0
+        self._written_step = -1  # the newest step on disk
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Write every `flush_logs_every_n_steps` steps. Lightning's trainer calls save() after
+        every log_metrics, and each write rewrites and fsyncs the whole file (~7.5 ms, ~2.5% of
+        a default-preset step at the default logging interval); the checkpoints and the end of
+        the run write too (`after_save_checkpoint`, `finalize`)."""
+        pending = self.experiment.metrics
+        if pending and pending[-1]["step"] - self._written_step >= self._flush_logs_every_n_steps:
+            self._write()
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """A resume from this checkpoint keeps the rows before its step: they must be on disk."""
+        self._write()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self._write()
+
+    @rank_zero_only
+    def _write(self) -> None:
+        pending = self.experiment.metrics
+        if pending:
+            self._written_step = pending[-1]["step"]
+        self.experiment.save()
 
     def resume_at(self, step: int) -> None:
         self._resume_step = step
