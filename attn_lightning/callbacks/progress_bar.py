@@ -33,8 +33,9 @@ class ProgressBar(RichProgressBar):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not self.is_disabled and self.train_progress_bar_id is None:
-            self._initialize_train_progress_bar_id()  # as Lightning's: a mid-epoch resume
+        initialize = getattr(self, "_initialize_train_progress_bar_id", None)  # lightning >= 2.5
+        if initialize is not None and not self.is_disabled and self.train_progress_bar_id is None:
+            initialize()  # as Lightning's: a resume mid-epoch (2.4 sets the bar at epoch start)
         self._update(self.train_progress_bar_id, batch_idx + 1)
         now = time.monotonic()
         if now >= self._next_metrics_read:
