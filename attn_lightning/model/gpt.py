@@ -182,7 +182,7 @@ class GPT(nn.Module):
         return n
 
     def new_caches(self) -> list[Any]:
-        """Empty decoding caches, one per layer, for `forward(..., caches=...)`."""
+        """Empty decoding caches, one per layer, for `extend` (or `forward(..., caches=...)`)."""
         return [block.attn.new_cache() for block in self.blocks]
 
     def forward(
