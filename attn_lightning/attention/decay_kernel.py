@@ -16,8 +16,9 @@ computed three ways that agree:
   chunked form on one-hot values (the core is linear in v).
 
 Decays arrive as log α (B, H, T, 1) or (B, H, T, K). A scalar decay keeps the C x C decay
-matrix apart from q k^T; a per-channel decay needs a (C, C, K) tensor inside each chunk, so
-its chunks are best kept small (GLA uses 16).
+matrix apart from q k^T; a per-channel decay is factorised into two decayed copies of q and k
+(one matmul) while the decay within a chunk stays above e^-40, else it needs a (C, C, K)
+tensor inside each chunk (GLA uses chunks of 32).
 
 `DecayAttention` runs them as an attention core with fla's conventions (q scaled by K^-1/2) and
 normalises each head's output (RMSNorm, as GLA and fla's RetNet layer do; RetNet's GroupNorm

@@ -28,7 +28,7 @@ class GatedLinearAttention(DecayAttention):
     def __init__(
         self,
         *args: Any,
-        chunk_size: int = 16,
+        chunk_size: int = 32,
         gate_rank: int = 16,
         gate_temperature: float = 16.0,
         **kwargs: Any,
