@@ -72,20 +72,24 @@ class ResumableCSVLogger(CSVLogger):
         super().__init__(*args, **kwargs)
         self._resume_step = 0
         self._written_step = -1  # the newest step on disk
+        self._checkpointed = False  # a checkpoint was saved since the last write
 
     @rank_zero_only
     def save(self) -> None:
         """Write every `flush_logs_every_n_steps` steps. Lightning's trainer calls save() after
         every log_metrics, and each write rewrites and fsyncs the whole file (~7.5 ms, ~2.5% of
-        a default-preset step at the default logging interval); the checkpoints and the end of
+        a default-preset step at the default logging interval); each checkpoint and the end of
         the run write too (`after_save_checkpoint`, `finalize`)."""
         pending = self.experiment.metrics
-        if pending and pending[-1]["step"] - self._written_step >= self._flush_logs_every_n_steps:
+        due = pending and pending[-1]["step"] - self._written_step >= self._flush_logs_every_n_steps
+        if due or self._checkpointed:
             self._write()
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """A resume from this checkpoint keeps the rows before its step: they must be on disk."""
-        self._write()
+        """A resume from this checkpoint keeps the rows before its step, so they must reach the
+        disk: at the next save, since Lightning checkpoints in `on_train_batch_end`, before it
+        logs that batch's row (the last one before the checkpoint's step)."""
+        self._checkpointed = True
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -97,6 +101,7 @@ class ResumableCSVLogger(CSVLogger):
         pending = self.experiment.metrics
         if pending:
             self._written_step = pending[-1]["step"]
+        self._checkpointed = False
         self.experiment.save()
 
     def resume_at(self, step: int) -> None:
