@@ -126,9 +126,9 @@ class LitGPT(L.LightningModule):
         if self.nonfinite.skip_batch(loss, self.global_step, check_now):
             return None  # Lightning skips backward and the optimizer step
         # Only on the steps the loggers write (Lightning's own rule): self.log costs ~1% of a
-        # CPU step. Not on the progress bar: Lightning's RichProgressBar reads its metrics every
-        # step, a device sync per step (25% of GPU throughput on the baby GPT) should a user
-        # swap it back for callbacks/progress_bar.py's.
+        # CPU step. Not on the progress bar: Lightning's own RichProgressBar (which a user may
+        # configure instead of callbacks/progress_bar.py) reads its metrics every step, a device
+        # sync per step (25% of GPU throughput on the baby GPT).
         if log_step:
             self.log("train/loss", loss)
         return loss

@@ -14,14 +14,16 @@ profiled: its CPU kernel is one fused op, neither a matmul to the profiler nor c
 
 from __future__ import annotations
 
+import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
+
+from attn_lightning.bench.attention.timing import time_calls
 
 MATMUL_OPS = frozenset(
     "aten::" + name
@@ -98,12 +100,7 @@ def matmul_rates(chunk_size: int, head_dim: int, repeats: int = 5) -> tuple[floa
 
     def rate(a: torch.Tensor, b: torch.Tensor, flop: float) -> float:
         product = torch.bmm if a.dim() == 3 else torch.mm
-        product(a, b)  # warm-up
-        seconds = []
-        for _ in range(repeats):
-            begin = time.perf_counter()
-            product(a, b)
-            seconds.append(time.perf_counter() - begin)
+        seconds = time_calls(lambda: product(a, b), 1, repeats, math.inf, a.device)
         return flop / statistics.median(seconds) / 1e9
 
     square = torch.randn(1024, 1024)

@@ -26,6 +26,7 @@ ATTN_LIGHTNING_DATA_DIR=outputs/data (README, "GPU").
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -34,13 +35,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from attn_lightning.analysis.flops import known_peak_flops, mfu
 from attn_lightning.bench import compile as compile_bench
 from attn_lightning.bench._fla_kernels import FLA_VARIANTS, fla_core
 from attn_lightning.bench.attention.cli import main as attention_main
-from attn_lightning.bench.attention.timing import sync
+from attn_lightning.bench.attention.sweep import row_cosine
+from attn_lightning.bench.attention.timing import time_calls
 from attn_lightning.errors import UserError, exit_on_user_error, find_user_error
 from attn_lightning.variants import build_attention
 
@@ -110,20 +111,14 @@ def attention_part(args: argparse.Namespace) -> None:
 
 
 def _fwd_bwd_ms(call: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], device) -> float:
+    """Median ms of a forward + backward after one untimed call (where Triton compiles)."""
+
     def step() -> None:
         for leaf in leaves:
             leaf.grad = None
         call().float().square().mean().backward()
 
-    step()  # warm-up: Triton compiles its kernels here
-    seconds = []
-    for _ in range(5):
-        sync(device)
-        begin = time.perf_counter()
-        step()
-        sync(device)
-        seconds.append(time.perf_counter() - begin)
-    return 1000 * statistics.median(seconds)
+    return 1000 * statistics.median(time_calls(step, 1, 5, math.inf, device))
 
 
 FLA_SHAPE = (8, 4, 4096, 64)  # B, H, T, head dim
@@ -151,7 +146,7 @@ def fla_row(name: str, device: torch.device) -> str:
 
     with torch.no_grad():
         reference = module.attend(q, k, v, module.gates(x)).float()  # ours in fp32
-        cosine = float(F.cosine_similarity(reference, fla().float(), dim=-1).mean())
+        cosine = row_cosine(reference, fla())
     ours_ms, fla_ms = _fwd_bwd_ms(ours, leaves, device), _fwd_bwd_ms(fla, leaves, device)
     return f"| {name} | {ours_ms:,.2f} | {fla_ms:,.2f} | {ours_ms / fla_ms:.2f} | {cosine:.5f} |"
 

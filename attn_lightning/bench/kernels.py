@@ -25,6 +25,7 @@ from torch import Tensor
 
 from attn_lightning.bench import _kernel_references as refs
 from attn_lightning.bench._kernel_profile import breakdown_table, matmul_rates, profile_call
+from attn_lightning.bench.attention.sweep import row_cosine
 from attn_lightning.errors import UserError, exit_on_user_error
 from attn_lightning.variants import build_attention, variant_names
 
@@ -46,10 +47,6 @@ class Entry:
     @property
     def ms(self) -> float:
         return 1000 * statistics.median(self.seconds or [float("nan")])
-
-
-def row_cosine(a: Tensor, b: Tensor) -> float:
-    return float(F.cosine_similarity(a.double(), b.double(), dim=-1).mean())
 
 
 def fwd_bwd(forward: Callable[[], Tensor], leaves: Sequence[Tensor], grad: Tensor):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from attn_lightning.bench import _kernel_references as refs
-from attn_lightning.bench.kernels import Entry, main, row_cosine, table
+from attn_lightning.bench.attention.sweep import row_cosine
+from attn_lightning.bench.kernels import Entry, main, table
 from attn_lightning.variants import build_attention
 
 
