@@ -14,6 +14,14 @@ formed once (one triangular solve of C columns) and kept: the forward's two prod
 backward's two transposed ones are batched matmuls, where solving [U_0 | W] and its gradient
 would be two triangular solves of 2 D columns, each with its copies to LAPACK's layout.
 
+Costs that shaped the code (CPU, B=8, H=4, T=4096, C=16): a tensor of one state per chunk
+(N R K V floats) is 32 MiB, the size from which glibc's malloc maps fresh pages at every
+allocation, so each such temporary costs ~20 ms of page faults on top of its work: only the
+states and their gradients are that size; (γ ⊙ Q)^T dO_n enters the reverse scan as one more
+product per step instead of a tensor of them, and the decay's share of dS_n · S_n is a batched
+dot. Row dots (β's and b's gradients) are einsums, not a product tensor then a sum; γ, ε and
+the decayed Q and K are saved, not recomputed.
+
 Why not autograd on delta_rule's tensor code: at B=8, H=4, T=4096 its forward and backward
 are ~40 broadcasting products over (B, H, N, C, C) and (B, H, N, C, D) tensors (β and the
 decays applied, the mask, each with its backward), per-chunk slices whose gradients are stacked
@@ -34,6 +42,11 @@ def _rows(x: Tensor, scale: Tensor) -> Tensor:
     return x * scale[..., None]
 
 
+def _row_dots(x: Tensor, y: Tensor) -> Tensor:
+    """Σ_f x_cf y_cf (X, C) of x, y (X, C, F): one batched product, no (X, C, F) temporary."""
+    return torch.einsum("xcf,xcf->xc", x, y)
+
+
 class ChunkedDeltaRule(torch.autograd.Function):
     """Chunk-major inputs (chunk n of every row contiguous, for the scan): q, k (N, R, C, K),
     v (N, R, C, V), β (N, R, C), cumulative log decays b (N, R, C) or None, the entering
@@ -50,7 +63,8 @@ class ChunkedDeltaRule(torch.autograd.Function):
         kk, P = k @ k.mT, q @ k.mT  # (X, C, C)
         if b is None:  # Γ is the causal mask; the solve needs none (it reads the strict lower)
             P.tril_()
-            q_start, k_end, rhs_k, across, decay = q, k, _rows(k, beta), None, None
+            gamma = to_end = decay = None
+            q_start, k_end, rhs_k = q, k, _rows(k, beta)
         else:
             b = b.reshape(N * R, C)
             future = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)
@@ -59,7 +73,6 @@ class ChunkedDeltaRule(torch.autograd.Function):
             P.mul_(decay)
             gamma, to_end = b.exp(), (b[:, -1:] - b).exp()
             q_start, k_end, rhs_k = _rows(q, gamma), _rows(k, to_end), _rows(k, beta * gamma)
-            across = gamma[:, -1].view(N, R, 1, 1)
         # kk is now K K^T ⊙ Γ (lower) and P = Q K^T ⊙ Γ
         eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(N * R, C, C)
         inverse = torch.linalg.solve_triangular(
@@ -73,13 +86,18 @@ class ChunkedDeltaRule(torch.autograd.Function):
             starts[0].zero_()
         else:
             starts[0].copy_(S0)
+        across = None if gamma is None else gamma[:, -1].view(N, R, 1, 1)  # g = γ_C
         for n in range(N):  # the sequential part: each chunk's corrected values and state
             torch.baddbmm(u0_n[n], w_n[n], starts[n], alpha=-1, out=U[n])
-            S = starts[n] if across is None else across[n] * starts[n]
-            torch.baddbmm(S, k_end_t[n], U[n], out=starts[n + 1])
+            if across is None:
+                torch.baddbmm(starts[n], k_end_t[n], U[n], out=starts[n + 1])
+            else:
+                torch.mul(starts[n], across[n], out=starts[n + 1]).baddbmm_(k_end_t[n], U[n])
         U, final, starts = U.view(N * R, C, V), starts[N].clone(), starts[:N].view(N * R, K, V)
-        out = torch.baddbmm(P @ U, q_start, starts)
-        ctx.save_for_backward(q, k, v, beta, b, decay, kk, P, inverse, u0, w, U, starts)
+        out = (P @ U).baddbmm_(q_start, starts)
+        ctx.save_for_backward(
+            q, k, v, beta, gamma, to_end, q_start, k_end, decay, kk, P, inverse, u0, w, U, starts
+        )
         ctx.shape = (N, R, C, K, V)
         ctx.mark_non_differentiable(final)
         return out.view(N, R, C, V), final
@@ -88,27 +106,29 @@ class ChunkedDeltaRule(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, d_out: Tensor, _d_state: Tensor
     ) -> tuple[Tensor | None, ...]:
-        q, k, v, beta, b, decay, kk, P, inverse, u0, w, U, starts = ctx.saved_tensors
+        q, k, v, beta, gamma, to_end, q_start, k_end, decay, kk, P, inverse, u0, w, U, starts = (
+            ctx.saved_tensors
+        )
         N, R, C, K, V = ctx.shape
         dO = d_out.reshape(N * R, C, V)
-        gated = b is not None
-        if gated:
-            gamma, to_end = b.exp(), (b[:, -1:] - b).exp()
-            q_start, k_end = _rows(q, gamma), _rows(k, to_end)
-            across = gamma[:, -1].view(N, R, 1, 1)
-        else:
-            q_start, k_end, across = q, k, None
+        gated = gamma is not None
+        across = gamma[:, -1].view(N, R, 1, 1) if gated else None
 
-        # the reverse scan: dU_n and the state gradient dS_{n+1} reaching each chunk n
+        # the reverse scan: dU_n and the state gradient dS_{n+1} reaching each chunk n,
+        # dU_n = P^T dO_n + (ε ⊙ K) dS_{n+1},  dS_n = g dS_{n+1} + (γ ⊙ Q)^T dO_n - W^T dU_n
         dU = (P.mT @ dO).view(N, R, C, V)
-        d_direct = (q_start.mT @ dO).view(N, R, K, V)  # (γ ⊙ Q)^T dO_n: to S_n
         k_end_n, w_t = k_end.view(N, R, C, K), w.view(N, R, C, K).mT
+        q_start_t, dO_n = q_start.view(N, R, C, K).mT, dO.view(N, R, C, V)
         d_next = q.new_empty(N + 1, R, K, V)  # d_next[n + 1] = dS_{n+1}
         d_next[N].zero_()
         for n in range(N - 1, -1, -1):
             dU[n].baddbmm_(k_end_n[n], d_next[n + 1])
-            dS = d_next[n + 1] if across is None else across[n] * d_next[n + 1]
-            torch.add(d_direct[n], dS, out=d_next[n]).baddbmm_(w_t[n], dU[n], alpha=-1)
+            if across is None:
+                dS = torch.baddbmm(d_next[n + 1], q_start_t[n], dO_n[n], out=d_next[n])
+            else:
+                dS = torch.mul(d_next[n + 1], across[n], out=d_next[n])
+                dS.baddbmm_(q_start_t[n], dO_n[n])
+            dS.baddbmm_(w_t[n], dU[n], alpha=-1)
         dU, d_next = dU.view(N * R, C, V), d_next[1:].view(N * R, K, V)
 
         # O = diag(γ) Q S_n + P U, P = Q K^T ⊙ Γ
@@ -116,32 +136,40 @@ class ChunkedDeltaRule(torch.autograd.Function):
         d_decay = dP * P if gated else None  # dΓ ⊙ Γ, its part through P
         d_qk = dP.mul_(decay) if gated else dP.tril_()  # in place: dP is not needed again
         d_q_start = dO @ starts.mT  # (X, C, K)
-        dq = torch.baddbmm(_rows(d_q_start, gamma) if gated else d_q_start, d_qk, k)
+        db = _row_dots(q_start, d_q_start) if gated else None  # through γ in diag(γ) Q
+        dq = (d_q_start.mul_(gamma[..., None]) if gated else d_q_start).baddbmm_(d_qk, k)
         dk = d_qk.mT @ q
         # S_{n+1} = g S_n + (ε ⊙ K)^T U_n
         d_k_end = U @ d_next.mT  # (X, C, K)
-        dk += _rows(d_k_end, to_end) if gated else d_k_end
-        # U = U_0 - W S_n, then [U_0 | W] = (I + L)^{-1} [diag(β) V | diag(β γ) K]
-        d_rhs_v, d_rhs_k = inverse.mT @ dU, inverse.mT @ (dU @ starts.mT).neg_()
-        dL = torch.baddbmm(d_rhs_v @ u0.mT, d_rhs_k, w.mT).tril_(-1).neg_()  # strictly lower
-        dv = _rows(d_rhs_v, beta)
-        k_dot_rhs = (k * d_rhs_k).sum(-1)  # (X, C)
-        dk += _rows(d_rhs_k, beta * gamma) if gated else _rows(d_rhs_k, beta)
+        d_to_end = _row_dots(k_end, d_k_end) if gated else None  # through ε
+        if gated:
+            dk.addcmul_(d_k_end, to_end[..., None])
+        else:
+            dk += d_k_end
+        # U = U_0 - W S_n, then [U_0 | W] = (I + L)^{-1} [diag(β) V | diag(β γ) K]:
+        # d[U_0 | W] = [dU | -dU S_n^T], d_rhs = (I + L)^{-T} d[U_0 | W], so d_rhs_k = -m with
+        # m = d_rhs_v S_n^T, and dL = -(d_rhs_v U_0^T + d_rhs_k W^T) (strictly lower)
+        d_rhs_v = inverse.mT @ dU
+        m = d_rhs_v @ starts.mT  # (X, C, K)
+        dL = torch.baddbmm(m @ w.mT, d_rhs_v, u0.mT, alpha=-1).tril_(-1)
+        k_dot_rhs = _row_dots(k, m).neg_()  # k_i · d_rhs_k_i (X, C)
+        beta_gamma = beta * gamma if gated else beta
+        dk.addcmul_(m, beta_gamma[..., None], value=-1)
         # L = β ⊙_rows (K K^T ⊙ Γ); kk holds K K^T ⊙ Γ
         dL_products = dL * kk
-        d_beta = (v * d_rhs_v).sum(-1) + dL_products.sum(-1)
+        d_beta = _row_dots(v, d_rhs_v) + dL_products.sum(-1)
         d_beta += k_dot_rhs * gamma if gated else k_dot_rhs
-        d_kk = _rows(dL.mul_(decay) if gated else dL, beta)  # d(K K^T) = β dL ⊙ Γ
+        dv = d_rhs_v.mul_(beta[..., None])
+        d_kk = (dL.mul_(decay) if gated else dL).mul_(beta[..., None])  # d(K K^T) = β dL ⊙ Γ
         dk.baddbmm_(d_kk + d_kk.mT, k)
 
-        db = None
         if gated:  # b enters through Γ, γ, ε and g = γ_C
-            d_decay.add_(_rows(dL_products, beta))  # dΓ ⊙ Γ, its part through L
-            db = d_decay.sum(-1) - d_decay.sum(-2)
-            db += (q_start * d_q_start).sum(-1) + beta * gamma * k_dot_rhs  # through γ
-            d_to_end = (k_end * d_k_end).sum(-1)  # through ε_i = exp(b_C - b_i)
-            db -= d_to_end
-            db[:, -1] += d_to_end.sum(-1) + (starts * d_next).sum((-2, -1)) * gamma[:, -1]
+            d_decay.addcmul_(dL_products, beta[..., None])  # dΓ ⊙ Γ, its part through L
+            db += d_decay.sum(-1) - d_decay.sum(-2)
+            db += beta_gamma * k_dot_rhs  # through γ in diag(β γ) K
+            db -= d_to_end  # through ε_i = exp(b_C - b_i)
+            d_across = torch.einsum("xkv,xkv->x", starts, d_next)  # through g = γ_C
+            db[:, -1] += d_to_end.sum(-1) + d_across * gamma[:, -1]
             db = db.view(N, R, C)
         shape_k, shape_v = (N, R, C, K), (N, R, C, V)
         return (
