@@ -9,8 +9,9 @@ and `optim.lr`). For each arm:
 - every final metric is the mean over its seeds with a 95% Student t interval,
   mean ± t_{0.975, n-1} · s / √n (analysis/student_t.py); one seed has no interval;
 - arms are ranked on mean test loss (val loss when some arm has no test), and each is tested
-  against the best with Welch's two-sided t-test at 5%: `≈ best` where the difference is not
-  significant, `worse` where it is.
+  against the best with Welch's two-sided t-test, its p-value Holm-adjusted over all the arms
+  tested (analysis/multiple_comparisons.py): `≈ best` where the adjusted p is 5% or more,
+  `worse` where it is below.
 
 The per-run values come from the comparison's own column spec (comparison_columns.COLUMNS),
 so an arm averages exactly what the per-run table shows. `ARM_COLUMNS` drives arms.csv and the
@@ -28,6 +29,7 @@ from typing import Any
 
 from attn_lightning.analysis.arms import SEED, Arm, Cell, group_arms, override_value
 from attn_lightning.analysis.comparison_columns import Row
+from attn_lightning.analysis.multiple_comparisons import holm_adjusted
 from attn_lightning.analysis.plots import save_png
 from attn_lightning.analysis.protocol_plots import arm_final_losses, arm_loss_curves, lr_grid
 from attn_lightning.analysis.report import markdown_table
@@ -36,7 +38,7 @@ from attn_lightning.analysis.student_t import MeanInterval, WelchTest, mean_inte
 from attn_lightning.atomic import write_text
 
 CONFIDENCE = 0.95
-ALPHA = 0.05  # Welch's test level for "indistinguishable from the best"
+ALPHA = 0.05  # family-wise level (Holm) for "indistinguishable from the best"
 SELECTION_METRIC = "val_loss"  # a per-run column: what the learning rate is chosen on
 RANKED_METRICS = ("test_loss", "val_loss")  # the first that every arm has is ranked on
 
@@ -91,6 +93,7 @@ class Protocol:
     ranked: str | None
     best: ArmResult | None
     tests: dict[str, WelchTest | None]  # arm label -> Welch test against the best
+    adjusted: dict[str, float]  # arm label -> its Welch p, Holm-adjusted over the arms tested
 
     @classmethod
     def of(cls, runs: Sequence[Run], rows: Sequence[Row]) -> Protocol:
@@ -113,7 +116,8 @@ class Protocol:
             for a in scored
             if best is not None and a is not best
         }
-        return cls(results, ranked, best, tests)
+        adjusted = holm_adjusted({label: t.p for label, t in tests.items() if t is not None})
+        return cls(results, ranked, best, tests, adjusted)
 
     def ranking(self) -> list[ArmResult]:
         """Arms by mean of the ranked metric, best first; arms without it last."""
@@ -124,16 +128,18 @@ class Protocol:
 
         return sorted(self.arms, key=key)
 
-    def versus_best(self, result: ArmResult) -> tuple[str, float | None]:
-        """(`best` | `≈ best` | `worse` | `untested: one seed` | "", Welch p-value)."""
+    def versus_best(self, result: ArmResult) -> tuple[str, float | None, float | None]:
+        """(`best` | `≈ best` | `worse` | `untested: one seed` | "", Welch p-value, its
+        Holm-adjusted value, on which the mark is decided)."""
         if self.best is None or not self.ranked or not result.values(self.ranked):
-            return "", None
+            return "", None, None
         if result is self.best:
-            return "best", None
+            return "best", None, None
         test = self.tests.get(result.arm.label)
         if test is None:
-            return "untested: one seed", None
-        return ("≈ best" if test.p >= ALPHA else "worse"), test.p
+            return "untested: one seed", None, None
+        adjusted = self.adjusted[result.arm.label]
+        return ("≈ best" if adjusted >= ALPHA else "worse"), test.p, adjusted
 
 
 # ---- the column spec of arms.csv and protocol.md's table
@@ -195,6 +201,7 @@ ARM_COLUMNS: tuple[ArmColumn, ...] = (
     _summary("test_loss", "test loss", ".4f"),
     ArmColumn("vs_best", lambda arm, p: p.versus_best(arm)[0], "vs best"),
     ArmColumn("welch_p", lambda arm, p: p.versus_best(arm)[1], "Welch p", ".2g"),
+    ArmColumn("holm_p", lambda arm, p: p.versus_best(arm)[2], "Holm p", ".2g"),
     _summary("train_loss", "train loss", ".4f"),
     _summary("val_ppl", "val ppl", ".3f"),
     _summary("test_ppl", None, ".3f"),
@@ -322,10 +329,13 @@ def _how_to_read(protocol: Protocol) -> list[str]:
         notes.append(
             f"- Ranked on mean {ranked}, best first. `vs best`: Welch's two-sided t-test "
             f"(unequal variances, Welch–Satterthwaite degrees of freedom) of the arm's per-seed "
-            f"{ranked} against the best arm's; `≈ best`: not significantly different at the "
-            f"{ALPHA:.0%} level (p ≥ {ALPHA}), `worse`: p < {ALPHA}; `untested`: an arm with "
-            "fewer than 2 seeds. No correction for multiple comparisons; not significantly "
-            "different is not equal (with 3 seeds only large gaps are detected)."
+            f"{ranked} against the best arm's (`Welch p`), its p-value Holm-adjusted over the "
+            f"{len(protocol.adjusted)} arms tested (`Holm p`: the chance that any arm is "
+            f"called worse when none is stays under {ALPHA:.0%}); `≈ best`: Holm p ≥ {ALPHA}, "
+            f"`worse`: Holm p < {ALPHA}; `untested`: an arm with fewer than 2 seeds. Not "
+            "significantly different is not equal (with 3 seeds only large gaps are detected); "
+            "the best arm is itself picked by these losses, which widens its gaps to the others: "
+            "read a `worse` near the level with care."
         )
     edge = [a.arm.label for a in protocol.arms if at_grid_edge(a)]
     if edge:

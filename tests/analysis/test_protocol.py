@@ -117,6 +117,29 @@ def test_intervals_and_welch_marks_by_hand():
     ]  # fmt: skip
 
 
+def test_worse_is_decided_on_holm_adjusted_p_values():
+    """Two arms each significantly worse than the best on its own (Welch p ~0.033 and ~0.037)
+    are not, read together: Holm multiplies the smaller p by the 2 arms tested (> 0.05), and
+    the larger takes that value too (the step-down is monotone)."""
+    best = [2.0, 3.0, 4.0]
+    table = {"vanilla": best, "linear": [4.6, 5.6, 6.6], "performer": [4.5, 5.5, 6.5]}
+    runs = [
+        run(f"{name}{seed}", name, "0.001", seed, val=test, test=test)
+        for name, tests in table.items()
+        for seed, test in enumerate(tests, start=1)
+    ]
+    protocol, rows = results(runs)
+    raw = {name: rows[f"attention={name}"]["welch_p"] for name in ("linear", "performer")}
+    # linear: t = 2.6 / sqrt(2/3) = 3.184, df = 4 (closed form: p = 0.0334)
+    assert raw["linear"] == pytest.approx(0.0334, abs=2e-4) and raw["performer"] < 0.05
+    for name in ("linear", "performer"):
+        row = rows[f"attention={name}"]
+        assert row["holm_p"] == pytest.approx(2 * raw["linear"])
+        assert row["vs_best"] == "≈ best"  # "worse" without the correction
+    text = render_protocol_markdown(protocol, arm_rows(protocol), ["sweep"])
+    assert "Holm-adjusted over the 2 arms tested" in text and "| Holm p |" in text
+
+
 def test_an_arm_with_one_seed_shows_no_interval():
     protocol, rows = results(sweep())
     gla = rows["attention=gla"]
