@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 from helpers import quiet_trainer
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig, OmegaConf
 
-from attn_lightning.resume import checkpoint_file
+from attn_lightning.errors import ConfigError
+from attn_lightning.resume import checkpoint_file, lightning_checkpoint_dir
 
 
 def lightning_resolves(trainer, ckpt_path: str | None) -> str | None:
@@ -49,6 +52,62 @@ def test_last_without_one_starts_fresh_as_lightning_does(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="no last checkpoint"):
         assert lightning_resolves(trainer, "last") is None
     assert checkpoint_file("last", callbacks, tmp_path, ()) is None
+
+
+def run_config(tmp_path: Path, loggers: dict) -> DictConfig:
+    return OmegaConf.create({"trainer": {"default_root_dir": str(tmp_path)}, "logger": loggers})
+
+
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+@pytest.mark.parametrize(
+    ("loggers", "where"),
+    [
+        ({"tb": {"_target_": TENSORBOARD, "save_dir": "{tmp}/logs", "name": "tb", "version": ""}},
+         "logs/tb/checkpoints"),
+        ({"tb": {"_target_": TENSORBOARD, "save_dir": "{tmp}/logs", "version": "run1"}},
+         "logs/lightning_logs/run1/checkpoints"),  # the logger's default name
+        ({"csv": {"_target_": "attn_lightning.csv_logger.ResumableCSVLogger",
+                  "save_dir": "{tmp}/logs", "name": "csv", "version": 3}},
+         "logs/csv/version_3/checkpoints"),
+        ({}, "checkpoints"),  # no logger: the trainer's default_root_dir
+    ],
+)  # fmt: skip
+def test_last_of_a_checkpoint_callback_without_dirpath_is_where_lightning_put_it(
+    tmp_path: Path, loggers: dict, where: str
+) -> None:
+    """A user's ModelCheckpoint without dirpath writes under the first logger's dir: `last`
+    finds its file there, as Lightning's own resolution does given the built loggers."""
+    for cfg in loggers.values():
+        cfg["save_dir"] = cfg["save_dir"].format(tmp=tmp_path)
+    touch(tmp_path / where / "last.ckpt", 1_000)
+    callbacks = [ModelCheckpoint(every_n_train_steps=10)]
+    built = [instantiate(c) for c in loggers.values()] or False
+    trainer = quiet_trainer(callbacks=callbacks, default_root_dir=tmp_path, logger=built)
+    expected = Path(lightning_resolves(trainer, "last"))
+    default_dir = lightning_checkpoint_dir(run_config(tmp_path, loggers))
+    assert checkpoint_file("last", callbacks, tmp_path, (), default_dir) == expected
+    assert expected == tmp_path / where / "last.ckpt"
+    assert checkpoint_file("last", callbacks, tmp_path, ()) is None  # what was missed before
+
+
+def test_an_unversioned_logger_resumes_from_its_newest_version(tmp_path: Path) -> None:
+    """version=null: this attempt logs to the next version_<n>; the previous attempt's
+    checkpoints are in the newest existing one (Lightning would look in the new, empty dir)."""
+    for n in (0, 2, 10):
+        touch(tmp_path / "tb" / f"version_{n}" / "checkpoints" / "last.ckpt", 1_000 + n)
+    loggers = {"tb": {"_target_": TENSORBOARD, "save_dir": str(tmp_path), "name": "tb"}}
+    default_dir = lightning_checkpoint_dir(run_config(tmp_path, loggers))
+    assert default_dir == tmp_path / "tb" / "version_10" / "checkpoints"
+
+
+def test_a_logger_whose_checkpoint_dir_is_unknown_before_it_runs_is_refused(
+    tmp_path: Path,
+) -> None:
+    loggers = {"mlflow": {"_target_": "lightning.pytorch.loggers.MLFlowLogger"}}
+    with pytest.raises(ConfigError, match=r"has no dirpath.*MLFlowLogger.*set the callback's"):
+        lightning_checkpoint_dir(run_config(tmp_path, loggers))
 
 
 def test_hpc_is_lightnings_slurm_checkpoint_named_or_implied(
