@@ -13,6 +13,7 @@ from torch import Tensor
 
 from attn_lightning.attention.delta_rule import (
     DeltaRuleState,
+    UnitFeatures,
     chunked_delta_rule,
     delta_rule_matrix,
     recurrent_delta_rule,
@@ -132,3 +133,57 @@ def test_layer_decodes_what_it_computes(n_kv_head: int) -> None:
     steps += [attn(x[:, t : t + 1], cache=cache)[0] for t in range(11, 29)]
     torch.testing.assert_close(torch.cat(steps, 1), parallel)
     assert cache.S.shape == (2, SHAPE["n_head"], 8, 8) and cache.length == 29
+
+
+@pytest.mark.parametrize("silu", [True, False])
+def test_unit_features_are_normalised_silu_in_chunk_major_order(silu: bool) -> None:
+    """UnitFeatures' hand-written backward and its chunk-major output against autograd on
+    F.normalize(SiLU(x)), with rows at and below the eps bound (there |s| is the constant eps:
+    no gradient through the norm)."""
+    eps = 1e-6
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)  # (R, N, C, D)
+    x[0, 1, 2] = 0.0  # φ(0) = 0: the padding stays zero
+    x[2, 3, 0] *= 1e-8  # |s| < eps: bounded, yet φ(x) != 0
+    x.requires_grad_()
+    weight = torch.randn(4, 3, 5, 6, generator=g, dtype=torch.float64)
+    got = UnitFeatures.apply(x, silu, eps)
+    expected = F.normalize(F.silu(x) if silu else x, dim=-1, eps=eps).transpose(0, 1)
+    assert got.is_contiguous() and got.shape == (4, 3, 5, 6)
+    torch.testing.assert_close(got, expected)
+    assert got[0, 2, 3].abs().max() > 0.01  # the bounded row is not zero
+    (grad,) = torch.autograd.grad((got * weight).sum(), x)
+    (expected_grad,) = torch.autograd.grad((expected * weight).sum(), x)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_layer_core_on_raw_q_k_equals_the_paper(decay: bool) -> None:
+    """`attend` on raw q, k (φ applied on the way into the chunk-major layout, 37 positions:
+    the last chunk padded) equals the paper's recurrence on φ(q), φ(k), gradients included."""
+    g = torch.Generator().manual_seed(1)
+    raw = [torch.randn(B, H, 37, D, generator=g, dtype=torch.float64) for D in (DK, DK, DV)]
+    beta = torch.rand(B, H, 37, generator=g, dtype=torch.float64)
+    log_alpha = -torch.rand(B, H, 37, generator=g, dtype=torch.float64)
+    gates = torch.stack((beta, log_alpha), -1) if decay else beta[..., None]
+    leaves = [x.requires_grad_() for x in (*raw, gates)]
+    attn = DeltaNet(**SHAPE, chunk_size=8)
+    got = attn.attend(*leaves)
+    q, k = (F.normalize(F.silu(x), dim=-1) for x in leaves[:2])
+    v, beta = leaves[2], leaves[3][..., 0]
+    if decay:  # the paper's gated recurrence: α_t scales the state before the update
+        S, outputs = q.new_zeros(B, H, DV, DK), []
+        for t in range(37):
+            k_t, v_t, b_t = k[:, :, t, :, None], v[:, :, t, :, None], beta[:, :, t, None, None]
+            S = leaves[3][:, :, t, 1, None, None].exp() * S
+            S = S @ (torch.eye(DK, dtype=q.dtype) - b_t * k_t @ k_t.mT) + b_t * v_t @ k_t.mT
+            outputs.append(S @ q[:, :, t, :, None])
+        expected = torch.cat(outputs, dim=-1).mT
+    else:
+        expected, _ = paper_recurrence(q, k, v, beta)
+    torch.testing.assert_close(got, expected)
+    weight = torch.randn(B, H, 37, DV, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((got * weight).sum(), leaves)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), leaves)
+    for name, a, e in zip(["q", "k", "v", "gates"], grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, e, msg=lambda m, name=name: f"{name}: {m}")
