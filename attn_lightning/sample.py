@@ -3,7 +3,8 @@
 Sampling is model/sampling.py's (temperature, top-k, top-p, min-p). The prompt is `prompt` or
 the contents of `prompt_file`; `num_samples` continuations are drawn in one batch; `stop` ends
 a sample where that string first appears in its generated text (the string itself is left
-out); `stream` prints the one sample as its tokens arrive.
+out); `stream` prints the one sample as its tokens arrive; `compile` decodes with the compiled
+one-token step (model/gpt.py, IncrementalDecoder).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def generate_text(
     stop: str | None = None,
     generator: torch.Generator | None = None,
     on_text: Callable[[str], None] | None = None,
+    compile: bool = False,
 ) -> list[str]:
     """`num_samples` continuations of `prompt` (each without the prompt), cut before `stop`;
     `on_text` receives sample 0's new text as it becomes final (streaming)."""
@@ -97,7 +99,8 @@ def generate_text(
     texts = [""] * num_samples
     done = [False] * num_samples
     shown = 0
-    for next_id in module.model.stream(idx, max_new_tokens, sampler, generator):
+    stream = module.model.stream(idx, max_new_tokens, sampler, generator, compile=compile)
+    for next_id in stream:
         for row, token in enumerate(next_id[:, 0].tolist()):
             if done[row]:
                 continue
@@ -131,7 +134,15 @@ def sample(cfg: DictConfig, on_text: Callable[[str], None] | None = None) -> str
     if on_text is not None:
         on_text(prompt)
     texts = generate_text(
-        module, prompt, cfg.max_new_tokens, sampler, cfg.num_samples, cfg.stop, generator, on_text
+        module,
+        prompt,
+        cfg.max_new_tokens,
+        sampler,
+        cfg.num_samples,
+        cfg.stop,
+        generator,
+        on_text,
+        cfg.compile,
     )
     return SEPARATOR.join(prompt + text for text in texts)
 

@@ -194,6 +194,7 @@ class SampleConfig:
     min_p: float | None = MISSING
     stop: str | None = MISSING
     stream: bool = MISSING
+    compile: bool = MISSING
     seed: int = MISSING
     device: str = MISSING  # auto, cpu, cuda, cuda:1, ...
     trust_targets: list[str] = MISSING

@@ -139,16 +139,22 @@ class CausalSelfAttention(nn.Module, ABC):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
 
-    def step(self, x: Tensor, cache: Any) -> Tensor:
+    def step(self, x: Tensor, cache: Any, positions: Tensor | None = None) -> Tensor:
         """Decoding: new tokens x (B, T, C) continuing the sequence `cache` has seen ->
-        outputs (B, T, C), output projection included; advances the cache.
+        outputs (B, T, C), output projection included; advances the cache. `positions` (T,):
+        the tokens' positions as a tensor, from compiled decoding (which checks them), for a
+        cache from `new_static_cache`; default: the cache's length onwards.
 
         Bare functional ops and submodules' `forward` (no `__call__`, so no hooks of `qkv` or
         `proj` run): a one-token step is a few dozen tiny ops whose dispatch is its cost."""
         B, T, C = x.shape
-        start = cache.length
-        if start + T > self.block_size:
-            raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
+        start: int | Tensor
+        if positions is None:
+            start = cache.length
+            if start + T > self.block_size:
+                raise ValueError(f"positions up to {start + T} exceed block_size {self.block_size}")
+        else:
+            start = positions
         conv_cache = None
         if isinstance(cache, ShortConvCache):  # the variant's decode sees only its own cache
             conv_cache, cache = cache, cache.core
@@ -190,11 +196,15 @@ class CausalSelfAttention(nn.Module, ABC):
         q, k, v = heads.split_with_sizes([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         return q, k, v
 
-    def apply_rope(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
-        """RoPE on q and k of the positions start.. (unchanged without `rope`)."""
+    def apply_rope(self, q: Tensor, k: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+        """RoPE on q and k of the positions start.. , or of the positions a (T,) tensor `start`
+        holds (unchanged without `rope`)."""
         if self.rope is None:
             return q, k
-        positions = torch.arange(start, start + q.size(2), device=q.device)
+        if isinstance(start, Tensor):
+            positions = start
+        else:
+            positions = torch.arange(start, start + q.size(2), device=q.device)
         return self.rope(q, positions), self.rope(k, positions)
 
     def project(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -243,6 +253,11 @@ class CausalSelfAttention(nn.Module, ABC):
         """An empty decoding cache for this layer (default: keep q, k, v of the window);
         with short_conv, inside a `ShortConvCache` (as every subclass's `new_cache`)."""
         return QKVCache(self.block_size)
+
+    def new_static_cache(self) -> Any | None:
+        """A cache of fixed shapes whose count is a tensor (kv_cache.TensorLength), for
+        compiled decoding, or None: this variant decodes eagerly only (the default)."""
+        return None
 
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: Any, g: Tensor | None = None

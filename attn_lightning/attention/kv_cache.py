@@ -88,3 +88,67 @@ class QKVCache(KVCache):
             q = q if self.q is None else torch.cat((self.q, q), dim=2)
             self.q = _extend(None, q[:, :, -self.max_len :], self.max_len)
         return self.q
+
+
+class TensorLength:
+    """`length` kept in `length_tensor`, a (1,) long tensor advanced in place: for the caches of
+    compiled decoding. A compiled step guards on the value of every Python int it reads, so a
+    count that changes per token would recompile the step at every token; a tensor is guarded
+    on its shape only. Before a step, `length_tensor` is the new token's position."""
+
+    length_tensor: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens seen (a read of the tensor: for the host, not for the compiled step)."""
+        return 0 if self.length_tensor is None else int(self.length_tensor)
+
+    def advance(self, num_tokens: int, device: torch.device) -> None:
+        if self.length_tensor is None:
+            self.length_tensor = torch.zeros(1, dtype=torch.long, device=device)
+        self.length_tensor += num_tokens
+
+
+class StaticKVCache(TensorLength):
+    """A KVCache of fixed shapes, for compiled decoding (pytorch-labs/gpt-fast's design): keys
+    and values live in (B, H_kv, max_len, D) buffers allocated at the first update, and new
+    tokens are written at their positions (`index_copy_` at a position tensor, no Python int).
+
+    `update` returns the whole buffers, slots not yet written included (zeros): the attention
+    masks them with its own causal mask, queries at `query_positions` against keys at
+    `key_positions` (every slot's position), so one compiled step serves every position. No
+    sliding window: positions past max_len are an error (the decoder checks before a step).
+    """
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.slots: Tensor | None = None  # (max_len,) 0, 1, ..., max_len - 1
+        self.written: Tensor | None = None  # (T,) positions of the last update's tokens
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write new (B, H_kv, T, D) keys/values at the next T positions; returns the buffers
+        (B, H_kv, max_len, D)."""
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k, self.v = k.new_zeros(B, H, self.max_len, D), v.new_zeros(B, H, self.max_len, D)
+            self.slots = torch.arange(self.max_len, device=k.device)
+        assert self.v is not None and self.slots is not None
+        T = k.size(2)
+        start = self.slots[:1] if self.length_tensor is None else self.length_tensor
+        self.written = start + self.slots[:T]  # (T,)
+        self.k.index_copy_(2, self.written, k)
+        self.v.index_copy_(2, self.written, v)
+        self.advance(T, k.device)
+        return self.k, self.v
+
+    def query_positions(self) -> Tensor:
+        """Positions (T,) of the tokens the last `update` wrote: the queries'."""
+        assert self.written is not None
+        return self.written
+
+    def key_positions(self, num_keys: int, device: torch.device) -> Tensor:
+        """Positions of the max_len slots `update` returns (num_keys == max_len)."""
+        assert self.slots is not None and num_keys == self.max_len
+        return self.slots

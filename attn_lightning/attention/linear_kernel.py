@@ -25,14 +25,27 @@ from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.attention.chunked_linear import chunked_linear_attention
+from attn_lightning.attention.kv_cache import TensorLength
 from attn_lightning.errors import ConfigError
 
 
 class LinearAttentionState:
-    """The recurrent state of one layer: S (B, H, M, D) and z (B, H, M)."""
+    """The recurrent state of one layer: S (B, H, M, D) and z (B, H, M); `length` tokens seen."""
 
     def __init__(self) -> None:
         self.length = 0
+        self.S: Tensor | None = None
+        self.z: Tensor | None = None
+
+    def advance(self, num_tokens: int, device: torch.device) -> None:
+        self.length += num_tokens
+
+
+class StaticLinearAttentionState(TensorLength, LinearAttentionState):
+    """The state of compiled decoding: S and z have fixed shapes already; only the count moves
+    into a tensor (kv_cache.TensorLength)."""
+
+    def __init__(self) -> None:
         self.S: Tensor | None = None
         self.z: Tensor | None = None
 
@@ -51,7 +64,7 @@ def chunked_causal_linear_attention(
     )
     if state is not None:
         state.S, state.z = S, z
-        state.length += q.size(2)
+        state.advance(q.size(2), q.device)
     return y
 
 
@@ -77,7 +90,7 @@ def recurrent_linear_attention(
         z.add_(k_col)
         den = (q_t @ z).add_(eps).clamp_min_(tiny)  # (B, H, 1, 1)
         outputs.append((q_t @ S).div_(den))  # (B, H, 1, D)
-    state.length += T
+    state.advance(T, q.device)
     return outputs[0] if T == 1 else torch.cat(outputs, dim=2)
 
 
@@ -113,6 +126,14 @@ class KernelAttention(CausalSelfAttention):
 
     def new_cache(self) -> LinearAttentionState:
         return LinearAttentionState()
+
+    def new_static_cache(self) -> StaticLinearAttentionState | None:
+        """The recurrent state is fixed-size: compiled decoding only counts in a tensor. None
+        for a subclass with its own cache or decode, and with short_conv."""
+        own = type(self).new_cache is KernelAttention.new_cache
+        if not own or type(self).decode is not KernelAttention.decode or self.qkv_conv is not None:
+            return None
+        return StaticLinearAttentionState()
 
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState, g: Tensor | None = None

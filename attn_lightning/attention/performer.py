@@ -94,7 +94,12 @@ class PerformerAttention(KernelAttention):
     def features(self, x: Tensor, is_query: bool) -> Tensor:
         """φ(x) (B, H, T, M) up to a per-row (queries) or global (keys) constant factor."""
         w = self.projection.to(x.dtype)  # (M, d)
-        return PositiveRandomFeatures.apply(x, w, is_query)
+        return PositiveRandomFeatures.apply(x, w, is_query, ROWS_PER_SLAB)
+
+
+# (2048, M) logits: cache-sized. A module constant passed to the Function, not a class
+# attribute: torch.compile (compiled decoding) cannot read an autograd.Function's attributes.
+ROWS_PER_SLAB = 2048
 
 
 class PositiveRandomFeatures(torch.autograd.Function):
@@ -106,12 +111,13 @@ class PositiveRandomFeatures(torch.autograd.Function):
     (B, H, T, M) tensor, 58 MiB at B=8, H=4, T=4096, and on a CPU those passes over memory
     cost more than the attention itself. Here the forward writes φ once and the backward
     reads it once: dx = (dφ ⊙ φ) W̃ - x d^(-1/2) Σ_r (dφ ⊙ φ)_r with W̃ = W d^(-1/4); the
-    stabiliser is a constant (detached, as before), the projection is a buffer (no grad)."""
-
-    ROWS_PER_SLAB = 2048  # (2048, M) logits: cache-sized
+    stabiliser is a constant (detached, as before), the projection is a buffer (no grad).
+    `rows_per_slab`: rows of x per slab (ROWS_PER_SLAB)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, w: Tensor, is_query: bool) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, w: Tensor, is_query: bool, rows_per_slab: int
+    ) -> Tensor:
         d = x.size(-1)
         w_scaled = w * d**-0.25  # (M, d): x̂ @ w.T = x @ w_scaled.T
         rows = x.reshape(-1, d)
@@ -119,7 +125,8 @@ class PositiveRandomFeatures(torch.autograd.Function):
         if not is_query:  # the data-independent bound exp(max_r |w_r|²/2) on key features
             half_sq.add_((w * w).sum(-1).max() / 2)
         phi = x.new_empty(rows.size(0), w.size(0))
-        step = PositiveRandomFeatures.ROWS_PER_SLAB
+        step = rows_per_slab
+        ctx.rows_per_slab = rows_per_slab
         for start in range(0, rows.size(0), step):
             s = slice(start, start + step)
             logits = torch.mm(rows[s], w_scaled.T, out=phi[s]).sub_(half_sq[s])
@@ -131,14 +138,14 @@ class PositiveRandomFeatures(torch.autograd.Function):
         return phi.view(*x.shape[:-1], w.size(0))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
         rows, w_scaled, phi = ctx.saved_tensors
         d = rows.size(-1)
         grad = grad.reshape(phi.shape)
         dx = torch.empty_like(rows)
-        step = PositiveRandomFeatures.ROWS_PER_SLAB
+        step = ctx.rows_per_slab
         for start in range(0, rows.size(0), step):
             s = slice(start, start + step)
             g = grad[s] * phi[s]  # (rows, M) d loss / d logits
             torch.mm(g, w_scaled, out=dx[s]).sub_(rows[s] * (g.sum(-1, keepdim=True) * d**-0.5))
-        return dx.view(ctx.shape), None, None
+        return dx.view(ctx.shape), None, None, None

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attn_lightning.attention.base import CausalSelfAttention
-from attn_lightning.attention.kv_cache import KVCache
+from attn_lightning.attention.kv_cache import KVCache, StaticKVCache
 
 
 class VanillaAttention(CausalSelfAttention):
@@ -70,11 +70,29 @@ class VanillaAttention(CausalSelfAttention):
     def new_cache(self) -> KVCache:
         return KVCache(self.block_size)
 
+    def new_static_cache(self) -> StaticKVCache | None:
+        """Compiled decoding's cache: all block_size positions, masked by `score_bias` (exact
+        for every mask and bias of the family). None for a subclass with its own cache or
+        decode (sliding window keeps a window), and with short_conv."""
+        own = type(self).new_cache is VanillaAttention.new_cache
+        if not own or type(self).decode is not VanillaAttention.decode or self.qkv_conv is not None:
+            return None
+        return StaticKVCache(self.block_size)
+
     def decode(
-        self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, g: Tensor | None = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cache: KVCache | StaticKVCache,
+        g: Tensor | None = None,
     ) -> Tensor:
         k_all, v_all = cache.update(k, v)  # (B, H_kv, T_k, D)
         k_all, v_all = self.repeat_kv(k_all), self.repeat_kv(v_all)
+        if isinstance(cache, StaticKVCache):  # every slot: the mask hides those after q
+            k_pos = cache.key_positions(k_all.size(2), q.device)
+            bias = self.score_bias(cache.query_positions(), k_pos).to(q.dtype)  # (1 or H, T, L)
+            return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias)
         if self.is_plain_causal and q.size(2) == 1:  # one new token sees every cached key
             return F.scaled_dot_product_attention(q, k_all, v_all)
         k_pos = cache.key_positions(k_all.size(2), q.device)

@@ -20,7 +20,9 @@ discard). Incremental decoding pays off while the context fits in block_size.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -98,12 +100,12 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln_2(x)), att
 
-    def step(self, x: Tensor, cache: Any) -> Tensor:
+    def step(self, x: Tensor, cache: Any, positions: Tensor | None = None) -> Tensor:
         """Decoding: `forward` of new tokens x (B, T, C) continuing `cache`, in bare
         functional ops. Decoding one token of a small model is op-dispatch bound (each op
         costs microseconds of overhead, its arithmetic far less), so this path calls no
         submodule (no `__call__`, no hooks) and creates no tensor it does not need."""
-        x = x + self.attn.step(layer_norm(self.ln_1, x), cache)
+        x = x + self.attn.step(layer_norm(self.ln_1, x), cache, positions)
         return x + self.mlp.step(layer_norm(self.ln_2, x))
 
 
@@ -181,9 +183,25 @@ class GPT(nn.Module):
             n -= self.pos_emb.weight.numel()
         return n
 
-    def new_caches(self) -> list[Any]:
-        """Empty decoding caches, one per layer, for `extend` (or `forward(..., caches=...)`)."""
-        return [block.attn.new_cache() for block in self.blocks]
+    def new_caches(self, static: bool = False) -> list[Any]:
+        """Empty decoding caches, one per layer, for `extend` (or `forward(..., caches=...)`).
+        `static=True`: the fixed-shape caches of compiled decoding (`new_static_cache`); a
+        layer without one raises `StaticCacheError` naming its variant."""
+        if not static:
+            return [block.attn.new_cache() for block in self.blocks]
+        caches = []
+        for index, block in enumerate(self.blocks):
+            cache = block.attn.new_static_cache()
+            if cache is None:
+                raise StaticCacheError(
+                    f"layer {index} ({type(block.attn).__name__}"
+                    f"{', short_conv' if block.attn.short_conv else ''}) has no fixed-shape "
+                    "decoding cache; compiled decoding supports softmax attention with a full "
+                    "KV cache (vanilla, gqa, mqa, rotary, alibi, sparse) and the kernel family "
+                    "(linear, performer, based)"
+                )
+            caches.append(cache)
+        return caches
 
     def forward(
         self,
@@ -224,20 +242,30 @@ class GPT(nn.Module):
                 attentions.append(att)
         return self.lm_head(self.ln_f(x)), attentions
 
-    def extend(self, idx: Tensor, caches: list[Any]) -> Tensor:
+    def extend(self, idx: Tensor, caches: list[Any], positions: Tensor | None = None) -> Tensor:
         """Decoding: new tokens idx (B, T) continuing the sequence the caches have seen (their
         positions start at the caches' length) -> final hidden states (B, T, C), after ln_f;
-        advances the caches. `Block.step` all the way (bare functional ops)."""
-        start, T = caches[0].length, idx.size(1)
-        if self.block_size < start + T:
-            raise ValueError(f"sequence length {start + T} exceeds block_size {self.block_size}")
+        advances the caches. `Block.step` all the way (bare functional ops). `positions` (T,):
+        the positions as a tensor, for the compiled step (`new_caches(static=True)`; its caller
+        checks them against block_size)."""
+        T = idx.size(1)
+        rows: slice | Tensor
+        if positions is None:
+            start = caches[0].length
+            if self.block_size < start + T:
+                raise ValueError(
+                    f"sequence length {start + T} exceeds block_size {self.block_size}"
+                )
+            rows = slice(start, start + T)  # rows start..: no index tensor
+        else:
+            rows = positions
         x = F.embedding(idx, self.tok_emb.weight)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start : start + T]  # rows start..: no index tensor
+            x = x + self.pos_emb.weight[rows]
         if self.training:
             x = self.drop(x)
         for block, cache in zip(self.blocks, caches, strict=True):
-            x = block.step(x, cache)
+            x = block.step(x, cache, positions)
         return layer_norm(self.ln_f, x)
 
     @torch.inference_mode()  # no autograd bookkeeping per op: ~12% faster decoding on CPU
@@ -251,13 +279,14 @@ class GPT(nn.Module):
         incremental: bool = True,
         top_p: float | None = None,
         min_p: float | None = None,
+        compile: bool = False,
     ) -> Tensor:
         """Append `max_new_tokens` sampled tokens to idx (B, T) (model/sampling.py says how:
         temperature 0 is greedy); the context is cropped to the last `block_size` tokens.
         `incremental=False` recomputes the whole cropped context for every token (the
-        reference)."""
+        reference); `compile=True` runs each one-token step compiled (`IncrementalDecoder`)."""
         sampler = Sampler(temperature, top_k, top_p, min_p)
-        new = list(self.stream(idx, max_new_tokens, sampler, generator, incremental))
+        new = list(self.stream(idx, max_new_tokens, sampler, generator, incremental, compile))
         return torch.cat([idx, *new], dim=1)
 
     @torch.inference_mode()
@@ -268,12 +297,13 @@ class GPT(nn.Module):
         sampler: Sampler,
         generator: torch.Generator | None = None,
         incremental: bool = True,
+        compile: bool = False,
     ) -> Iterator[Tensor]:
         """The next tokens (B, 1), one at a time as they are drawn: for printing as they come
         and for stopping early (the caller simply stops iterating)."""
         if max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        next_logits = IncrementalDecoder(self) if incremental else self.full_logits
+        next_logits = IncrementalDecoder(self, compile) if incremental else self.full_logits
         for _ in range(max_new_tokens):
             next_id = sampler(next_logits(idx), generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
@@ -284,6 +314,25 @@ class GPT(nn.Module):
         return self(idx[:, -self.block_size :]).logits[:, -1, :]
 
 
+class StaticCacheError(ConfigError):
+    """A layer has no fixed-shape decoding cache, so its step cannot be compiled statically."""
+
+
+def one_token_logits(model: GPT, idx: Tensor, caches: list[Any]) -> Tensor:
+    """The step compiled decoding compiles: one token idx (B, 1) continuing static caches
+    (`new_caches(static=True)`, prefilled) -> next-token logits (B, V). The caches' tensors
+    keep their shapes and the position is a tensor, so one compilation serves every step."""
+    positions = caches[0].length_tensor.clone()  # (1,): read before layer 0 advances it
+    return F.linear(model.extend(idx, caches, positions)[:, -1], model.lm_head.weight)
+
+
+@functools.cache
+def compiled_one_token_logits() -> Callable[[GPT, Tensor, list[Any]], Tensor]:
+    """`one_token_logits` through torch.compile, created once (compiled at its first call;
+    another model or batch size compiles again, up to torch._dynamo's recompile limit)."""
+    return torch.compile(one_token_logits, dynamic=False, fullgraph=True)
+
+
 class IncrementalDecoder:
     """Next-token logits for a growing sequence, reusing per-layer caches.
 
@@ -291,12 +340,28 @@ class IncrementalDecoder:
     have not seen. Equal to `model.full_logits(idx)` at every call: while the sequence is shorter
     than block_size the caches extend it; from then on the cropped window starts at a new token
     at every step and is recomputed in full (see the module docstring).
+
+    `compile=True`: each one-token step runs `one_token_logits` compiled (one compiled call per
+    token instead of ~90 dispatched ops), on fixed-shape caches (`new_caches(static=True)`: the
+    KV cache preallocated to block_size and masked, the kernel family's state as it is); the
+    prefill and any several-token extension stay eager, on the same caches. The first step
+    compiles (seconds). Variants without a fixed-shape cache (sliding window, QKV-cache
+    variants, DeltaNet, GLA, retention, short_conv layers) decode eagerly, with a one-line
+    warning naming the layer.
     """
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: GPT, compile: bool = False) -> None:
         self.model = model
         self.caches: list[Any] = []
         self.seen = 0  # tokens of idx covered by the caches (idx[:, :seen])
+        self.compiled: Callable[[GPT, Tensor, list[Any]], Tensor] | None = None
+        if compile:
+            try:
+                model.new_caches(static=True)
+            except StaticCacheError as error:
+                warnings.warn(f"compile=True: {error}: decoding eagerly", stacklevel=2)
+            else:
+                self.compiled = compiled_one_token_logits()
 
     def __call__(self, idx: Tensor) -> Tensor:
         length = idx.size(1)
@@ -305,8 +370,14 @@ class IncrementalDecoder:
             self.caches, self.seen = [], 0
             return self.model.full_logits(idx)
         if not 0 < self.seen < length:  # first call (or a sequence not continuing the last one)
-            self.caches, self.seen = self.model.new_caches(), 0
+            self.caches, self.seen = self.model.new_caches(static=self.compiled is not None), 0
         new = idx[:, self.seen :]
+        if self.compiled is not None and self.seen > 0 and new.size(1) == 1:
+            self.seen = length
+            # a fresh (B, 1): the view's strides grow with idx, and strides are guarded
+            return self.compiled(
+                self.model, new.clone(memory_format=torch.contiguous_format), self.caches
+            )
         self.seen = length
         last = self.model.extend(new, self.caches)[:, -1]  # (B, C): only its logits are read
         return F.linear(last, self.model.lm_head.weight)

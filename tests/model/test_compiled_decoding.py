@@ -1,0 +1,130 @@
+"""Compiled incremental decoding (`IncrementalDecoder(model, compile=True)`): the fixed-shape
+caches of `new_caches(static=True)` and the one-token step `one_token_logits` give the logits
+of full recomputation at every position, eagerly (fast tests: the mask of unwritten slots,
+positions as tensors) and compiled (slow: each variant compiles for seconds), and variants
+without a fixed-shape cache say so in one line and decode eagerly."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from helpers import small_attention
+
+from attn_lightning.model.gpt import (
+    GPT,
+    IncrementalDecoder,
+    StaticCacheError,
+    compiled_one_token_logits,
+    one_token_logits,
+)
+
+BLOCK = 24
+COMPILED = ["vanilla", "gqa", "rotary", "alibi", "linear", "performer"]
+
+
+def gpt(variant: str, **overrides) -> GPT:
+    torch.manual_seed(0)
+    attention = small_attention(variant, {"chunk_size": 4, "window": 5}, **overrides)
+    return GPT(65, 2, 4, 32, BLOCK, attention).eval()
+
+
+@pytest.mark.parametrize("variant", COMPILED)
+def test_static_caches_give_full_recomputation_logits(variant: str) -> None:
+    """Eagerly: a prefill and a several-token extension through `extend` (positions from the
+    caches' tensor counts) and single tokens through `one_token_logits` (positions as a
+    tensor, the compiled step's own code), all on static caches whose unwritten slots are
+    masked: each position's logits equal full recomputation's."""
+    model = gpt(variant)
+    sequence = torch.randint(65, (2, BLOCK - 2))
+    with torch.inference_mode():
+        full = model(sequence).logits  # (B, T, V)
+        caches = model.new_caches(static=True)
+        prefill = model(sequence[:, :5], caches=caches).logits
+        torch.testing.assert_close(prefill, full[:, :5], rtol=1e-4, atol=1e-5)
+        for t in range(5, 12):
+            logits = one_token_logits(model, sequence[:, t : t + 1].clone(), caches)
+            torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-5)
+        chunk = model(sequence[:, 12:15], caches=caches).logits
+        torch.testing.assert_close(chunk, full[:, 12:15], rtol=1e-4, atol=1e-5)
+        for t in range(15, BLOCK - 2):
+            logits = one_token_logits(model, sequence[:, t : t + 1].clone(), caches)
+            torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-5)
+    assert all(cache.length == BLOCK - 2 for cache in caches)
+
+
+def test_static_kv_cache_buffers_keep_their_shape() -> None:
+    """The compiled step needs tensors of one shape at every position: the KV buffers hold
+    block_size slots from the first write on, the tokens written at their positions."""
+    model = gpt("vanilla")
+    sequence = torch.randint(65, (1, 9))
+    with torch.inference_mode():
+        static, growing = model.new_caches(static=True), model.new_caches()
+        model(sequence[:, :4], caches=static), model(sequence[:, :4], caches=growing)
+        shape = static[0].k.shape
+        for t in range(4, 9):
+            one_token_logits(model, sequence[:, t : t + 1].clone(), static)
+            model(sequence[:, t : t + 1], caches=growing)
+            assert static[0].k.shape == shape == (1, 4, BLOCK, 8)
+    torch.testing.assert_close(static[0].k[:, :, :9], growing[0].k)
+    torch.testing.assert_close(static[0].v[:, :, :9], growing[0].v)
+    assert not static[0].k[:, :, 9:].any()  # nothing written past the sequence
+
+
+@pytest.mark.parametrize(
+    ("variant", "options", "named"),
+    [
+        ("sliding_window", {}, "SlidingWindowAttention"),
+        ("vanilla", {"short_conv": 3}, "VanillaAttention, short_conv"),
+        ("deltanet", {}, "DeltaNet"),
+    ],
+)
+def test_a_variant_without_a_static_cache_warns_once_and_decodes_eagerly(
+    variant: str, options: dict, named: str
+) -> None:
+    model = gpt(variant, **options)
+    with pytest.raises(StaticCacheError, match=f"layer 0 \\({named}\\)"):
+        model.new_caches(static=True)
+    prompt = torch.randint(65, (1, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tokens = model.generate(prompt, 8, temperature=0, compile=True)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert named in messages[0] and "decoding eagerly" in messages[0]
+    assert torch.equal(tokens, model.generate(prompt, 8, temperature=0))
+
+
+def _logits_side_by_side(model: GPT, prompt: torch.Tensor, steps: int) -> tuple[list, list]:
+    """Greedy decoding driven by eager incremental logits, the compiled decoder fed the same
+    sequence: both decoders' logits at every step."""
+    eager, compiled = IncrementalDecoder(model), IncrementalDecoder(model, compile=True)
+    eager_logits, compiled_logits = [], []
+    idx = prompt
+    with torch.inference_mode():
+        for _ in range(steps):
+            eager_logits.append(eager(idx))
+            compiled_logits.append(compiled(idx))
+            idx = torch.cat((idx, eager_logits[-1].argmax(-1, keepdim=True)), dim=1)
+    return eager_logits, compiled_logits
+
+
+@pytest.mark.slow  # compiles each variant (~10-90 s each on the 2-core CPU)
+@pytest.mark.parametrize("variant", COMPILED)
+def test_compiled_decoding_equals_eager_incremental(variant: str) -> None:
+    """Greedy tokens identical and logits close at every step, across the block_size edge
+    (where both decoders recompute the cropped window), and one compilation for all steps."""
+    torch._dynamo.reset()
+    model = gpt(variant)
+    prompt = torch.randint(65, (1, 4))  # one sequence: its (1, 1) slices have odd strides
+    eager, compiled = _logits_side_by_side(model, prompt, BLOCK + 3)
+    for step, (a, b) in enumerate(zip(eager, compiled, strict=True)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"step {step}")
+    new = BLOCK + 3
+    fast = model.generate(prompt, new, temperature=0)
+    assert torch.equal(model.generate(prompt, new, temperature=0, compile=True), fast)
+    # one compiled graph served every one-token step of both generations
+    frames = torch._dynamo.utils.counters["frames"]
+    assert frames["ok"] == 1, dict(frames)
+    assert compiled_one_token_logits() is compiled_one_token_logits()
