@@ -23,6 +23,7 @@ from attn_lightning.ddp_multirun import ddp_job_scope
 from attn_lightning.entry_point import hydra_entry_point
 from attn_lightning.errors import ConfigError
 from attn_lightning.lit_module import LitGPT
+from attn_lightning.record_guard import keep_record_if_refused
 from attn_lightning.resume import resume_point
 from attn_lightning.run_record import record_metrics, record_training
 from attn_lightning.schema import TrainConfig
@@ -113,18 +114,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final metrics of both (val/loss is the objective of
     hyperparameter sweepers)."""
     print_config(cfg)
-    check_config(cfg)
-    callbacks = build_callbacks(cfg)
-    resume = resume_point(cfg, callbacks, own_targets(cfg))  # a bad checkpoint fails here
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(str(cfg.matmul_precision))
-    datamodule = instantiate(plain(cfg.data))
-    check_monitored_metrics(cfg, datamodule)
-    module = build_module(cfg, datamodule.tokenizer.state_dict())
-    if resume.path is not None:  # before anything is written: another model is refused
-        check_same_model(resume.hyper_parameters, dict(module.hparams), resume.path)
-        check_weights_fit(module, resume.shapes, resume.path)
-    trainer = build_trainer(cfg, callbacks, None if resume.path is None else resume.step)
+    with keep_record_if_refused():  # a refused in-place resume leaves the run dir as it was
+        check_config(cfg)
+        callbacks = build_callbacks(cfg)
+        resume = resume_point(cfg, callbacks, own_targets(cfg))  # a bad checkpoint fails here
+        L.seed_everything(cfg.seed, workers=True)
+        torch.set_float32_matmul_precision(str(cfg.matmul_precision))
+        datamodule = instantiate(plain(cfg.data))
+        check_monitored_metrics(cfg, datamodule)
+        module = build_module(cfg, datamodule.tokenizer.state_dict())
+        if resume.path is not None:  # before anything is written: another model is refused
+            check_same_model(resume.hyper_parameters, dict(module.hparams), resume.path)
+            check_weights_fit(module, resume.shapes, resume.path)
+        trainer = build_trainer(cfg, callbacks, None if resume.path is None else resume.step)
     trust_in_run(trainer, own_targets(cfg))  # test(ckpt_path="best") reloads this run's files
     with ddp_job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)

@@ -244,6 +244,8 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(killed_run
 @pytest.fixture(scope="module")
 def resume_error_outcomes(killed_run, data_dir) -> list[dict]:
     """Resumes refused before training, through the CLI's main() in one interpreter."""
+    record = killed_run.killed / ".hydra" / "config.yaml", killed_run.killed / "summary.json"
+    record_before = [path.read_bytes() for path in record]
     other_text = killed_run.root / "other_vocabulary.txt"  # the corpus less one character
     other_text.write_text((data_dir / GENERATED_TEXT).read_text().replace("x", ""))
     cases = [
@@ -259,7 +261,10 @@ def resume_error_outcomes(killed_run, data_dir) -> list[dict]:
         [*RUN, "hydra.run.dir=outputs/x", "ckpt_path=hpc"],
         [*RUN, "hydra.run.dir=outputs/x", "ckpt_path=best"],
     ]
-    return run_entry_point_cases("attn_lightning.train", cases, killed_run.root, data_dir)
+    outcomes = run_entry_point_cases("attn_lightning.train", cases, killed_run.root, data_dir)
+    # case 0 resumes in place: Hydra rewrote .hydra/ and summary.json before the refusal
+    outcomes[0]["record_kept"] = [path.read_bytes() for path in record] == record_before
+    return outcomes
 
 
 def checkpoint_files(run_dir: Path) -> dict[str, int]:
@@ -290,6 +295,7 @@ def test_a_resume_that_cannot_continue_is_one_line_and_writes_nothing(
     assert checkpoint_files(killed_run.killed) == before
     assert not (killed_run.root / "outputs/x/checkpoints").exists()
     assert not (killed_run.root / "outputs/x/tensorboard").exists()
+    assert outcome.get("record_kept", True), "the refused attempt's config replaced the run's"
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
