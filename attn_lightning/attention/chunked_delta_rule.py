@@ -64,7 +64,7 @@ class ChunkedDeltaRule(torch.autograd.Function):
         if b is None:  # Γ is the causal mask; the solve needs none (it reads the strict lower)
             P.tril_()
             gamma = to_end = decay = None
-            q_start, k_end, rhs_k = q, k, _rows(k, beta)
+            q_start, k_end = q, k
         else:
             b = b.reshape(N * R, C)
             future = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)
@@ -72,13 +72,17 @@ class ChunkedDeltaRule(torch.autograd.Function):
             kk.mul_(decay)
             P.mul_(decay)
             gamma, to_end = b.exp(), (b[:, -1:] - b).exp()
-            q_start, k_end, rhs_k = _rows(q, gamma), _rows(k, to_end), _rows(k, beta * gamma)
+            q_start, k_end = _rows(q, gamma), _rows(k, to_end)
         # kk is now K K^T ⊙ Γ (lower) and P = Q K^T ⊙ Γ
         eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(N * R, C, C)
         inverse = torch.linalg.solve_triangular(
             _rows(kk, beta), eye, upper=False, unitriangular=True
         )
-        u0, w = inverse @ _rows(v, beta), inverse @ rhs_k  # (X, C, V), (X, C, K)
+        # β (and γ) scale the inverse's columns, (X, C, C), not the rows of V and K
+        scaled = inverse * beta[:, None, :]
+        u0 = scaled @ v  # (I + L)^{-1} diag(β) V  (X, C, V)
+        w = (scaled if gamma is None else scaled.mul_(gamma[:, None, :])) @ k  # (X, C, K)
+        del scaled
         u0_n, w_n, k_end_t = u0.view(N, R, C, V), w.view(N, R, C, K), k_end.view(N, R, C, K).mT
 
         U, starts = q.new_empty(N, R, C, V), q.new_empty(N + 1, R, K, V)
