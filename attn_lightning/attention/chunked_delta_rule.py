@@ -16,17 +16,12 @@ would be two triangular solves of 2 D columns, each with its copies to LAPACK's 
 
 Costs that shaped the code (CPU, B=8, H=4, T=4096, C=16): a tensor of one state per chunk
 (N R K V floats) is 32 MiB, the size from which glibc's malloc maps fresh pages at every
-allocation, so each such temporary costs ~20 ms of page faults on top of its work: only the
-states and their gradients are that size; (γ ⊙ Q)^T dO_n enters the reverse scan as one more
-product per step instead of a tensor of them, and the decay's share of dS_n · S_n is a batched
-dot. Row dots (β's and b's gradients) are einsums, not a product tensor then a sum; γ, ε and
-the decayed Q and K are saved, not recomputed.
-
-Why not autograd on delta_rule's tensor code: at B=8, H=4, T=4096 its forward and backward
-are ~40 broadcasting products over (B, H, N, C, C) and (B, H, N, C, D) tensors (β and the
-decays applied, the mask, each with its backward), per-chunk slices whose gradients are stacked
-back, and saved intermediates; a third of its time was `mul` alone. Here β and the decays are
-folded into row scales and every product is formed once.
+allocation, so each such tensor costs ~20 ms of page faults on top of its work: only the
+forward's states are kept in one; the reverse scan takes each dS_{n+1}'s uses (ε's and g's
+gradients) as it goes, with two rolling states, and (γ ⊙ Q)^T dO_n enters it as one more
+product per step. Row dots (β's and b's gradients) are einsums, not a product tensor then a
+sum; β and γ scale the inverse's columns (C x C), not V's and K's rows (C x D); γ, ε and the
+decayed Q and K are saved, not recomputed.
 """
 
 from __future__ import annotations
@@ -119,21 +114,30 @@ class ChunkedDeltaRule(torch.autograd.Function):
         across = gamma[:, -1].view(N, R, 1, 1) if gated else None
 
         # the reverse scan: dU_n and the state gradient dS_{n+1} reaching each chunk n,
-        # dU_n = P^T dO_n + (ε ⊙ K) dS_{n+1},  dS_n = g dS_{n+1} + (γ ⊙ Q)^T dO_n - W^T dU_n
+        # dU_n = P^T dO_n + (ε ⊙ K) dS_{n+1},  dS_n = g dS_{n+1} + (γ ⊙ Q)^T dO_n - W^T dU_n;
+        # dS_{n+1}'s other uses (ε's and g's gradients) are taken in the scan: two rolling
+        # states instead of a tensor of all of them
         dU = (P.mT @ dO).view(N, R, C, V)
         k_end_n, w_t = k_end.view(N, R, C, K), w.view(N, R, C, K).mT
         q_start_t, dO_n = q_start.view(N, R, C, K).mT, dO.view(N, R, C, V)
-        d_next = q.new_empty(N + 1, R, K, V)  # d_next[n + 1] = dS_{n+1}
-        d_next[N].zero_()
+        U_n, starts_n = U.view(N, R, C, V), starts.view(N, R, 1, K * V)
+        d_k_end = q.new_empty(N, R, C, K)  # U_n dS_{n+1}^T, to ε ⊙ K
+        d_across = q.new_empty(N, R, 1, 1) if gated else None  # S_n · dS_{n+1}, to g
+        dS, dS_before = q.new_zeros(R, K, V), q.new_empty(R, K, V)  # dS_{n+1}, dS_n
         for n in range(N - 1, -1, -1):
-            dU[n].baddbmm_(k_end_n[n], d_next[n + 1])
+            torch.bmm(U_n[n], dS.mT, out=d_k_end[n])
+            if d_across is not None:
+                torch.bmm(starts_n[n], dS.view(R, K * V, 1), out=d_across[n])
+            dU[n].baddbmm_(k_end_n[n], dS)
+            if n == 0:  # dS_0 would reach only S0, which gets no gradient
+                break
             if across is None:
-                dS = torch.baddbmm(d_next[n + 1], q_start_t[n], dO_n[n], out=d_next[n])
+                torch.baddbmm(dS, q_start_t[n], dO_n[n], out=dS_before)
             else:
-                dS = torch.mul(d_next[n + 1], across[n], out=d_next[n])
-                dS.baddbmm_(q_start_t[n], dO_n[n])
-            dS.baddbmm_(w_t[n], dU[n], alpha=-1)
-        dU, d_next = dU.view(N * R, C, V), d_next[1:].view(N * R, K, V)
+                torch.mul(dS, across[n], out=dS_before).baddbmm_(q_start_t[n], dO_n[n])
+            dS_before.baddbmm_(w_t[n], dU[n], alpha=-1)
+            dS, dS_before = dS_before, dS
+        dU, d_k_end = dU.view(N * R, C, V), d_k_end.view(N * R, C, K)
 
         # O = diag(γ) Q S_n + P U, P = Q K^T ⊙ Γ
         dP = dO @ U.mT  # (X, C, C)
@@ -144,7 +148,6 @@ class ChunkedDeltaRule(torch.autograd.Function):
         dq = (d_q_start.mul_(gamma[..., None]) if gated else d_q_start).baddbmm_(d_qk, k)
         dk = d_qk.mT @ q
         # S_{n+1} = g S_n + (ε ⊙ K)^T U_n
-        d_k_end = U @ d_next.mT  # (X, C, K)
         d_to_end = _row_dots(k_end, d_k_end) if gated else None  # through ε
         if gated:
             dk.addcmul_(d_k_end, to_end[..., None])
@@ -172,8 +175,7 @@ class ChunkedDeltaRule(torch.autograd.Function):
             db += d_decay.sum(-1) - d_decay.sum(-2)
             db += beta_gamma * k_dot_rhs  # through γ in diag(β γ) K
             db -= d_to_end  # through ε_i = exp(b_C - b_i)
-            d_across = torch.einsum("xkv,xkv->x", starts, d_next)  # through g = γ_C
-            db[:, -1] += d_to_end.sum(-1) + d_across * gamma[:, -1]
+            db[:, -1] += d_to_end.sum(-1) + d_across.view(N * R) * gamma[:, -1]  # through g
             db = db.view(N, R, C)
         shape_k, shape_v = (N, R, C, K), (N, R, C, V)
         return (
