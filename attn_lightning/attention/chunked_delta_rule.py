@@ -8,11 +8,12 @@ decays b, γ_i = exp(b_i), ε_i = exp(b_C - b_i), g = exp(b_C) (all ones without
 
 and, for dO (the carried states get no gradient: training starts from zero), with P = Q K^T ⊙ Γ,
 a reverse scan dU_n = P^T dO_n + (ε ⊙ K) dS_{n+1}, dS_n = g dS_{n+1} + (γ ⊙ Q)^T dO_n - W^T dU_n,
-then per chunk dW = -dU S_n^T, [dV' | dK'] = (I + L)^{-T} [dU | dW], dL = -[dV' | dK'] [U_0 | W]^T
-(strictly lower), and the products' gradients to Q, K, V, β and b. The inverse (I + L)^{-1} is
-formed once (one triangular solve of C columns) and kept: the forward's two products and the
-backward's two transposed ones are batched matmuls, where solving [U_0 | W] and its gradient
-would be two triangular solves of 2 D columns, each with its copies to LAPACK's layout.
+then per chunk dW = -dU S_n^T, [dV' | dK'] = (I + L)^{-T} [dU | dW] (so dK' = -dV' S_n^T), and
+dL = -[dV' | dK'] [U_0 | W]^T = -dV' U_n^T (strictly lower), and the products' gradients to Q,
+K, V, β and b. The inverse (I + L)^{-1} is formed once (one triangular solve of C columns) and
+kept: the forward's two products and the backward's transposed one are batched matmuls, where
+solving [U_0 | W] and its gradient would be two triangular solves of 2 D columns, each with its
+copies to LAPACK's layout.
 
 Costs that shaped the code (CPU, B=8, H=4, T=4096, C=16): a tensor of one state per chunk
 (N R K V floats) is 32 MiB, the size from which glibc's malloc maps fresh pages at every
@@ -75,27 +76,27 @@ class ChunkedDeltaRule(torch.autograd.Function):
         )
         # β (and γ) scale the inverse's columns, (X, C, C), not the rows of V and K
         scaled = inverse * beta[:, None, :]
-        u0 = scaled @ v  # (I + L)^{-1} diag(β) V  (X, C, V)
+        U = scaled @ v  # U_0 = (I + L)^{-1} diag(β) V (X, C, V), made U_n in place by the scan
         w = (scaled if gamma is None else scaled.mul_(gamma[:, None, :])) @ k  # (X, C, K)
         del scaled
-        u0_n, w_n, k_end_t = u0.view(N, R, C, V), w.view(N, R, C, K), k_end.view(N, R, C, K).mT
+        U_n, w_n, k_end_t = U.view(N, R, C, V), w.view(N, R, C, K), k_end.view(N, R, C, K).mT
 
-        U, starts = q.new_empty(N, R, C, V), q.new_empty(N + 1, R, K, V)
+        starts = q.new_empty(N + 1, R, K, V)
         if S0 is None:
             starts[0].zero_()
         else:
             starts[0].copy_(S0)
         across = None if gamma is None else gamma[:, -1].view(N, R, 1, 1)  # g = γ_C
         for n in range(N):  # the sequential part: each chunk's corrected values and state
-            torch.baddbmm(u0_n[n], w_n[n], starts[n], alpha=-1, out=U[n])
+            U_n[n].baddbmm_(w_n[n], starts[n], alpha=-1)
             if across is None:
-                torch.baddbmm(starts[n], k_end_t[n], U[n], out=starts[n + 1])
+                torch.baddbmm(starts[n], k_end_t[n], U_n[n], out=starts[n + 1])
             else:
-                torch.mul(starts[n], across[n], out=starts[n + 1]).baddbmm_(k_end_t[n], U[n])
-        U, final, starts = U.view(N * R, C, V), starts[N].clone(), starts[:N].view(N * R, K, V)
+                torch.mul(starts[n], across[n], out=starts[n + 1]).baddbmm_(k_end_t[n], U_n[n])
+        final, starts = starts[N].clone(), starts[:N].view(N * R, K, V)
         out = (P @ U).baddbmm_(q_start, starts)
         ctx.save_for_backward(
-            q, k, v, beta, gamma, to_end, q_start, k_end, decay, kk, P, inverse, u0, w, U, starts
+            q, k, v, beta, gamma, to_end, q_start, k_end, decay, kk, P, inverse, w, U, starts
         )
         ctx.shape = (N, R, C, K, V)
         ctx.mark_non_differentiable(final)
@@ -105,7 +106,7 @@ class ChunkedDeltaRule(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, d_out: Tensor, _d_state: Tensor
     ) -> tuple[Tensor | None, ...]:
-        q, k, v, beta, gamma, to_end, q_start, k_end, decay, kk, P, inverse, u0, w, U, starts = (
+        q, k, v, beta, gamma, to_end, q_start, k_end, decay, kk, P, inverse, w, U, starts = (
             ctx.saved_tensors
         )
         N, R, C, K, V = ctx.shape
@@ -155,10 +156,11 @@ class ChunkedDeltaRule(torch.autograd.Function):
             dk += d_k_end
         # U = U_0 - W S_n, then [U_0 | W] = (I + L)^{-1} [diag(β) V | diag(β γ) K]:
         # d[U_0 | W] = [dU | -dU S_n^T], d_rhs = (I + L)^{-T} d[U_0 | W], so d_rhs_k = -m with
-        # m = d_rhs_v S_n^T, and dL = -(d_rhs_v U_0^T + d_rhs_k W^T) (strictly lower)
+        # m = d_rhs_v S_n^T, and dL = -(d_rhs_v U_0^T + d_rhs_k W^T) = -d_rhs_v (U_0 - W S_n)^T
+        # = -d_rhs_v U^T (strictly lower): neither U_0 nor a product with W is needed
         d_rhs_v = inverse.mT @ dU
         m = d_rhs_v @ starts.mT  # (X, C, K)
-        dL = torch.baddbmm(m @ w.mT, d_rhs_v, u0.mT, alpha=-1).tril_(-1)
+        dL = (d_rhs_v @ U.mT).tril_(-1).neg_()
         k_dot_rhs = _row_dots(k, m).neg_()  # k_i · d_rhs_k_i (X, C)
         beta_gamma = beta * gamma if gated else beta
         dk.addcmul_(m, beta_gamma[..., None], value=-1)
