@@ -6,12 +6,15 @@ without a fixed-shape cache say so in one line and decode eagerly."""
 
 from __future__ import annotations
 
+import string
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import small_attention
 
+from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.model.gpt import (
     GPT,
     IncrementalDecoder,
@@ -19,8 +22,11 @@ from attn_lightning.model.gpt import (
     compiled_one_token_logits,
     one_token_logits,
 )
+from attn_lightning.model.sampling import Sampler
+from attn_lightning.sample import generate_text
 
 BLOCK = 24
+CHARS = string.ascii_letters + string.digits + " .,"  # 65: the test models' vocabulary
 COMPILED = ["vanilla", "gqa", "rotary", "alibi", "linear", "performer"]
 
 
@@ -129,3 +135,17 @@ def test_compiled_decoding_equals_eager_incremental(variant: str) -> None:
     stats = torch._dynamo.utils.counters["stats"]
     assert stats["unique_graphs"] == 1, dict(stats)
     assert compiled_one_token_logits() is compiled_one_token_logits()
+
+
+@pytest.mark.slow  # compiles
+def test_the_sample_entry_point_decodes_compiled_with_the_same_draws() -> None:
+    """`sample compile=true` (generate_text's `compile`): the same seeded draws as eager."""
+    torch._dynamo.reset()
+    model = gpt("vanilla")
+    module = SimpleNamespace(model=model, tokenizer=CharTokenizer(CHARS))
+    texts = {}
+    for compile in (False, True):
+        generator = torch.Generator().manual_seed(0)
+        sampler = Sampler(temperature=0.8, top_k=20)
+        texts[compile] = generate_text(module, "ab", 16, sampler, 2, None, generator, None, compile)
+    assert texts[True] == texts[False]
