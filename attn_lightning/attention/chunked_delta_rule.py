@@ -147,13 +147,9 @@ class ChunkedDeltaRule(torch.autograd.Function):
         d_q_start = dO @ starts.mT  # (X, C, K)
         db = _row_dots(q_start, d_q_start) if gated else None  # through γ in diag(γ) Q
         dq = (d_q_start.mul_(gamma[..., None]) if gated else d_q_start).baddbmm_(d_qk, k)
-        dk = d_qk.mT @ q
-        # S_{n+1} = g S_n + (ε ⊙ K)^T U_n
+        # S_{n+1} = g S_n + (ε ⊙ K)^T U_n; dk accumulates in d_k_end's buffer (one fewer)
         d_to_end = _row_dots(k_end, d_k_end) if gated else None  # through ε
-        if gated:
-            dk.addcmul_(d_k_end, to_end[..., None])
-        else:
-            dk += d_k_end
+        dk = (d_k_end.mul_(to_end[..., None]) if gated else d_k_end).baddbmm_(d_qk.mT, q)
         # U = U_0 - W S_n, then [U_0 | W] = (I + L)^{-1} [diag(β) V | diag(β γ) K]:
         # d[U_0 | W] = [dU | -dU S_n^T], d_rhs = (I + L)^{-T} d[U_0 | W], so d_rhs_k = -m with
         # m = d_rhs_v S_n^T, and dL = -(d_rhs_v U_0^T + d_rhs_k W^T) = -d_rhs_v (U_0 - W S_n)^T
