@@ -16,6 +16,9 @@ changes every hidden state of a multi-layer model, so no cache survives the slid
 window is full the decoder computes the cropped window in full (one forward of block_size tokens
 per new token, as full recomputation does, and no cache is built that the next slide would
 discard). Incremental decoding pays off while the context fits in block_size.
+
+`compile=True` (generate, stream, IncrementalDecoder) runs each one-token step as one
+torch.compile'd call of that same step, on caches of fixed shapes (`new_caches(static=True)`).
 """
 
 from __future__ import annotations
@@ -375,9 +378,16 @@ class IncrementalDecoder:
         if self.compiled is not None and self.seen > 0 and new.size(1) == 1:
             self.seen = length
             # a fresh (B, 1): the view's strides grow with idx, and strides are guarded
-            return self.compiled(
-                self.model, new.clone(memory_format=torch.contiguous_format), self.caches
-            )
+            token = new.clone(memory_format=torch.contiguous_format)
+            try:
+                return self.compiled(self.model, token, self.caches)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the step ran
+                warnings.warn(
+                    "compile=True: torch._dynamo's recompile limit is reached (more model "
+                    "shapes or batch sizes in this process than it compiles): decoding eagerly",
+                    stacklevel=2,
+                )
+                self.compiled = None
         self.seen = length
         last = self.model.extend(new, self.caches)[:, -1]  # (B, C): only its logits are read
         return F.linear(last, self.model.lm_head.weight)

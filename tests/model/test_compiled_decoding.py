@@ -149,3 +149,19 @@ def test_the_sample_entry_point_decodes_compiled_with_the_same_draws() -> None:
         sampler = Sampler(temperature=0.8, top_k=20)
         texts[compile] = generate_text(module, "ab", 16, sampler, 2, None, generator, None, compile)
     assert texts[True] == texts[False]
+
+
+def test_past_dynamo_s_recompile_limit_the_decoder_warns_and_decodes_eagerly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process that compiled more shapes than torch._dynamo allows: the step is refused
+    before it runs, so the decoder goes on eagerly on the same caches, with one warning."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 0)
+    model = gpt("vanilla")
+    prompt = torch.randint(65, (1, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tokens = model.generate(prompt, 8, temperature=0, compile=True)
+    assert [str(w.message).count("recompile limit") for w in caught] == [1]
+    assert torch.equal(tokens, model.generate(prompt, 8, temperature=0))
