@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import small_attention
 
+from attn_lightning.bench import generation
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.model.gpt import (
     GPT,
@@ -165,3 +166,20 @@ def test_past_dynamo_s_recompile_limit_the_decoder_warns_and_decodes_eagerly(
         tokens = model.generate(prompt, 8, temperature=0, compile=True)
     assert [str(w.message).count("recompile limit") for w in caught] == [1]
     assert torch.equal(tokens, model.generate(prompt, 8, temperature=0))
+
+
+@pytest.mark.slow  # compiles the default model
+def test_the_generation_benchmark_adds_compiled_columns(capsys: pytest.CaptureFixture) -> None:
+    """`bench generation --compile`: a compiled variant's row ends with its tokens/s, ratio,
+    compile seconds and "yes" (its tokens equal eager incremental's); a variant without a
+    fixed-shape cache says n/a."""
+    torch._dynamo.reset()
+    argv = ["--attention", "vanilla", "sliding_window", "--prompt-len", "4", "--new-tokens", "6"]
+    generation.main([*argv, "--repeats", "1", "--block-size", "16", "--compile"])
+    table = capsys.readouterr().out
+    vanilla = next(line for line in table.splitlines() if line.startswith("| vanilla"))
+    window = next(line for line in table.splitlines() if line.startswith("| sliding_window"))
+    cells = [cell.strip() for cell in vanilla.split("|")[1:-1]]
+    assert len(cells) == 10 and cells[5] == cells[9] == "yes", table
+    assert cells[7].endswith("x") and float(cells[8]) > 0
+    assert "n/a" in window
