@@ -101,6 +101,7 @@ def test_checkpoint_alone_rebuilds_model_and_samples_text(single_run: Path, data
     assert sample(cfg) == first.removesuffix("\n")  # same seed, same text
 
 
+@pytest.mark.slow  # 33 s; test_compare's sweep fixture runs a multirun by default
 def test_multirun_gives_one_dir_per_job(data_dir: Path, tmp_path: Path):
     run_cli(
         "attn_lightning",
