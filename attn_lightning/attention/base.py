@@ -259,6 +259,13 @@ class CausalSelfAttention(nn.Module, ABC):
         compiled decoding, or None: this variant decodes eagerly only (the default)."""
         return None
 
+    def decodes_as(self, owner: type) -> bool:
+        """Whether this module decodes with `owner`'s cache and decode, unchanged and without a
+        short convolution: what `owner.new_static_cache` is exact for."""
+        cls = type(self)
+        same = cls.new_cache is owner.new_cache and cls.decode is owner.decode
+        return same and self.qkv_conv is None
+
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: Any, g: Tensor | None = None
     ) -> Tensor:

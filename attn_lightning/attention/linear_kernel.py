@@ -130,10 +130,7 @@ class KernelAttention(CausalSelfAttention):
     def new_static_cache(self) -> StaticLinearAttentionState | None:
         """The recurrent state is fixed-size: compiled decoding only counts in a tensor. None
         for a subclass with its own cache or decode, and with short_conv."""
-        own = type(self).new_cache is KernelAttention.new_cache
-        if not own or type(self).decode is not KernelAttention.decode or self.qkv_conv is not None:
-            return None
-        return StaticLinearAttentionState()
+        return StaticLinearAttentionState() if self.decodes_as(KernelAttention) else None
 
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState, g: Tensor | None = None

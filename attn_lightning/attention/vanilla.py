@@ -74,10 +74,7 @@ class VanillaAttention(CausalSelfAttention):
         """Compiled decoding's cache: all block_size positions, masked by `score_bias` (exact
         for every mask and bias of the family). None for a subclass with its own cache or
         decode (sliding window keeps a window), and with short_conv."""
-        own = type(self).new_cache is VanillaAttention.new_cache
-        if not own or type(self).decode is not VanillaAttention.decode or self.qkv_conv is not None:
-            return None
-        return StaticKVCache(self.block_size)
+        return StaticKVCache(self.block_size) if self.decodes_as(VanillaAttention) else None
 
     def decode(
         self,
