@@ -43,7 +43,7 @@ def _slab_size(chunk_size: int) -> int:
     return max(1, SLAB_BYTES // (4 * chunk_size * chunk_size))
 
 
-def _chunks(x: Tensor, chunk_size: int) -> Tensor:
+def chunk_rows(x: Tensor, chunk_size: int) -> Tensor:
     """(B, H, T, F) -> contiguous (B*H*N, C, F), zero-padded to whole chunks (zero features
     contribute nothing)."""
     B, H, T, _ = x.shape
@@ -166,6 +166,6 @@ def chunked_linear_attention(
     if S0 is not None:
         S0, z0 = S0.reshape(rows, M, D), z0.reshape(rows, M)  # type: ignore[union-attr]
     y, S, z = _ChunkedLinearAttention.apply(
-        _chunks(q, C), _chunks(k, C), _chunks(v, C), S0, z0, rows, eps
+        chunk_rows(q, C), chunk_rows(k, C), chunk_rows(v, C), S0, z0, rows, eps
     )
     return y.view(B, H, -1, D)[:, :, :T], S.view(B, H, M, D), z.view(B, H, M)

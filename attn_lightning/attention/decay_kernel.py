@@ -17,8 +17,9 @@ computed three ways that agree:
 
 Decays arrive as log α (B, H, T, 1) or (B, H, T, K). A scalar decay keeps the C x C decay
 matrix apart from q k^T; a per-channel decay is factorised into two decayed copies of q and k
-(one matmul) while the decay within a chunk stays above e^-40, else it needs a (C, C, K)
-tensor inside each chunk (GLA uses chunks of 32).
+(one matmul; chunked_channel_decay.py, one autograd Function with its own backward) while
+the decay within a chunk stays above e^-40, else it needs a (C, C, K) tensor inside each chunk
+(GLA uses chunks of 32).
 
 `DecayAttention` runs them as an attention core with fla's conventions (q scaled by K^-1/2) and
 normalises each head's output (RMSNorm, as GLA and fla's RetNet layer do; RetNet's GroupNorm
@@ -40,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.chunked_channel_decay import ChunkedChannelDecay
+from attn_lightning.attention.chunked_linear import chunk_rows
 from attn_lightning.errors import ConfigError
 
 
@@ -66,39 +69,67 @@ FACTOR_BOUND = 40.0  # log-decay within a chunk up to which the factorised form 
 
 
 def _per_channel_terms(qc: Tensor, kc: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A per-channel decay's three chunk terms from q, k (B, H, N, C, K) and cumulative log α
-    b (B, H, N, C, K): the within-chunk scores Σ_d q_id k_jd exp(b_id - b_jd) for j <= i
-    (else 0) (B, H, N, C, C), the queries decayed from the chunk's start q ⊙ exp(b) and the
-    keys decayed to its end k ⊙ exp(b_C - b) (B, H, N, C, K).
-
-    Factorised around the chunk's first position, (q_i ⊙ exp(b_i - b_0)) · (k_j ⊙ exp(b_0 -
-    b_j)), one matmul, when every b_0 - b_i <= FACTOR_BOUND (each factor at most e^40, so the
-    masked-out products stay finite in float32; the reference precedes every position of its
-    chunk, so no rounding lets a later token reach an earlier one); the two factors then give
-    the other terms by a per-chunk scale instead of two more exponentials of the whole input.
-    For decays stronger than e^-40 within a chunk, the exact (B, H, N, C, C, K) form, whose
-    memory traffic (268 MiB at B=8, H=4, T=4096, C=16) made GLA 10x slower than linear
-    attention. The check is one reduction (a host sync on a GPU)."""
-    first, last = b[..., :1, :], b[..., -1:, :]  # (B, H, N, 1, K)
-    relative = b - first  # b_i - b_0 <= 0
-    if bool(relative.amin() >= -FACTOR_BOUND):
-        q_from_first, k_to_first = qc * relative.exp(), kc * (-relative).exp()
-        within = (q_from_first @ k_to_first.transpose(-2, -1)).tril_()
-        return within, q_from_first * first.exp(), k_to_first * (last - first).exp()
+    """A per-channel decay's three chunk terms, exactly, for decays stronger than
+    e^-FACTOR_BOUND within a chunk (the factorised case is chunked_channel_decay.py), from
+    q, k (B, H, N, C, K) and cumulative log α b (B, H, N, C, K): the within-chunk scores
+    Σ_d q_id k_jd exp(b_id - b_jd) for j <= i (else 0) (B, H, N, C, C), the queries decayed
+    from the chunk's start q ⊙ exp(b) and the keys decayed to its end k ⊙ exp(b_C - b)
+    (B, H, N, C, K). Its (B, H, N, C, C, K) tensor (268 MiB at B=8, H=4, T=4096, C=16) made
+    GLA 10x slower than linear attention when it was the only form."""
+    last = b[..., -1:, :]  # (B, H, N, 1, K)
     decayed_k = _decay_matrix(b) * kc[..., None, :, :]  # (B, H, N, C, C, K) k_j ⊙ α_{j->i}
     within = (decayed_k @ qc[..., :, :, None]).squeeze(-1)  # (B, H, N, C, C)
     return within, qc * b.exp(), kc * (last - b).exp()
 
 
+def _channel_decay_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    C: int,
+    state: DecayState | None,
+    scale: float,
+) -> Tensor | None:
+    """The per-channel case as one autograd Function (chunked_channel_decay.py), or None where
+    a chunk's decay after its first position falls below e^-FACTOR_BOUND (log α <= 0, so a
+    chunk's sum is its smallest cumulative decay; one reduction, a host sync on a GPU)."""
+    B, H, T, K = q.shape
+    log_alpha = chunk_rows(log_decay, C)  # (X, C, K), padded with no decay
+    if not bool(log_alpha[:, 1:].sum(1).amin() >= -FACTOR_BOUND):
+        return None
+    S0 = None if state is None or state.S is None else state.S.reshape(B * H, K, -1)
+    out, S = ChunkedChannelDecay.apply(
+        chunk_rows(q, C), chunk_rows(k, C), chunk_rows(v, C), log_alpha, S0, B * H, scale
+    )
+    if state is not None:
+        state.S = S.view(B, H, K, -1)
+        state.length += T
+    return out.view(B, H, -1, v.size(-1))[:, :, :T]
+
+
 def chunked_decay_attention(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int, state: DecayState | None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    chunk_size: int,
+    state: DecayState | None,
+    scale: float = 1.0,
 ) -> Tensor:
-    """q, k (B, H, T, K), v (B, H, T, V), log α (B, H, T, 1 or K) <= 0 -> o (B, H, T, V).
+    """q, k (B, H, T, K), v (B, H, T, V), log α (B, H, T, 1 or K) <= 0 -> o (B, H, T, V) of
+    the queries scaled by `scale`.
 
     Continues from `state` and advances it when one is given."""
     B, H, T, K = q.shape
     V, G = v.size(-1), log_decay.size(-1)
     C = min(chunk_size, T)
+    if G > 1:
+        out = _channel_decay_attention(q, k, v, log_decay, C, state, scale)
+        if out is not None:
+            return out
+    if scale != 1.0:
+        q = q * scale
     pad = (-T) % C  # padded positions: zero q, k, v and no decay, so they change nothing
     q, k, v, log_decay = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, log_decay))
     N = (T + pad) // C
@@ -190,8 +221,8 @@ class DecayAttention(CausalSelfAttention):
         return q * self.head_dim**-0.5  # fla's convention: q scaled by D^-1/2
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
-        log_decay = self.log_decay(q, g)
-        return chunked_decay_attention(self.scale(q), k, v, log_decay, self.chunk_size, None)
+        log_decay, scale = self.log_decay(q, g), self.head_dim**-0.5  # the kernel scales q
+        return chunked_decay_attention(q, k, v, log_decay, self.chunk_size, None, scale)
 
     def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         return decay_attention_matrix(self.scale(q), k, self.log_decay(q, g), self.chunk_size)
@@ -205,4 +236,5 @@ class DecayAttention(CausalSelfAttention):
         k, v, log_decay = self.repeat_kv(k), self.repeat_kv(v), self.log_decay(q, g)
         if q.size(2) == 1:
             return recurrent_decay_attention(self.scale(q), k, v, log_decay, cache)
-        return chunked_decay_attention(self.scale(q), k, v, log_decay, self.chunk_size, cache)
+        scale = self.head_dim**-0.5
+        return chunked_decay_attention(q, k, v, log_decay, self.chunk_size, cache, scale)
