@@ -1,4 +1,5 @@
-"""The progress bar counts every step but reads its metrics only as often as it is drawn."""
+"""The progress bar counts every step but reads its metrics only at logging steps, and at most as
+often as it is drawn."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ class Watch(L.Callback):
         self.counts.append(int(self.bar.train_progress_bar.completed))
 
 
-def fit(monkeypatch: pytest.MonkeyPatch, seconds_per_step: float) -> tuple[ProgressBar, Watch]:
+def fit(
+    monkeypatch: pytest.MonkeyPatch, seconds_per_step: float, log_every_n_steps: int = 1
+) -> tuple[ProgressBar, Watch]:
     clock = iter(seconds_per_step * i for i in range(10_000))
     monkeypatch.setattr(progress_bar.time, "monotonic", lambda: next(clock))
     bar = ProgressBar(refresh_rate=10)  # a read every 0.1 s at most
@@ -58,6 +61,7 @@ def fit(monkeypatch: pytest.MonkeyPatch, seconds_per_step: float) -> tuple[Progr
         enable_checkpointing=False,
         enable_model_summary=False,
         callbacks=[bar, watch],
+        log_every_n_steps=log_every_n_steps,
     )
     trainer.fit(StepLogger(), data)
     return bar, watch
@@ -72,7 +76,22 @@ def test_a_fast_loop_reads_metrics_once_per_draw_interval_and_counts_every_step(
     assert bar._metric_component._metrics["step"] == STEPS - 1
 
 
-def test_a_slow_loop_reads_metrics_every_step(monkeypatch):
+def test_a_slow_loop_logging_every_step_reads_metrics_every_step(monkeypatch):
     bar, watch = fit(monkeypatch, seconds_per_step=0.5)
     assert watch.counts == list(range(1, STEPS + 1))
     assert len(bar.reads) == STEPS + 1  # every step and the epoch's end
+
+
+@pytest.mark.parametrize("seconds_per_step", [0.03, 0.5])
+def test_metrics_are_read_only_at_the_steps_the_loggers_write(monkeypatch, seconds_per_step):
+    bar, watch = fit(monkeypatch, seconds_per_step, log_every_n_steps=5)
+    assert watch.counts == list(range(1, STEPS + 1))
+    # logging steps 5 and 10 (0.15 s apart even in the fast loop), and the epoch's end
+    assert len(bar.reads) == 3
+    assert bar._metric_component._metrics["step"] == STEPS - 1
+
+
+def test_without_logging_the_draw_interval_alone_limits_the_reads(monkeypatch):
+    bar, watch = fit(monkeypatch, seconds_per_step=0.5, log_every_n_steps=0)
+    assert watch.counts == list(range(1, STEPS + 1))
+    assert len(bar.reads) == STEPS + 1
