@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attn_lightning.attention.linear_kernel import KernelAttention
+from attn_lightning.attention.linear_kernel import KernelAttention, chunked_causal_linear_attention
 from attn_lightning.errors import ConfigError
 
 
@@ -91,15 +91,25 @@ class PerformerAttention(KernelAttention):
             self.training_steps += 1
         return super().forward(x, *args, **kwargs)
 
-    def features(self, x: Tensor, is_query: bool) -> Tensor:
-        """φ(x) (B, H, T, M) up to a per-row (queries) or global (keys) constant factor."""
+    def features(self, x: Tensor, is_query: bool, align: int = 1) -> Tensor:
+        """φ(x) (B, H, T, M) up to a per-row (queries) or global (keys) constant factor;
+        with `align`, zero features pad M to a multiple of it."""
         w = self.projection.to(x.dtype)  # (M, d)
-        return PositiveRandomFeatures.apply(x, w, is_query, ROWS_PER_SLAB)
+        return PositiveRandomFeatures.apply(x, w, is_query, ROWS_PER_SLAB, align)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
+        """The chunked form on features padded to a multiple of FEATURE_ALIGN: a zero feature
+        adds nothing to a numerator or normaliser, and rows of 112 floats instead of 111 make
+        the feature projection and the kernel's products up to 2x faster on a CPU (d = 32).
+        Decoding keeps M features (its state holds exactly the method's)."""
+        q, k = self.features(q, True, FEATURE_ALIGN), self.features(k, False, FEATURE_ALIGN)
+        return chunked_causal_linear_attention(q, k, v, self.chunk_size, self.eps, state=None)
 
 
 # (2048, M) logits: cache-sized. A module constant passed to the Function, not a class
 # attribute: torch.compile (compiled decoding) cannot read an autograd.Function's attributes.
 ROWS_PER_SLAB = 2048
+FEATURE_ALIGN = 16  # floats (64 bytes) per row of features on the training path
 
 
 class PositiveRandomFeatures(torch.autograd.Function):
@@ -116,29 +126,32 @@ class PositiveRandomFeatures(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, w: Tensor, is_query: bool, rows_per_slab: int
+        ctx: Any, x: Tensor, w: Tensor, is_query: bool, rows_per_slab: int, align: int = 1
     ) -> Tensor:
-        d = x.size(-1)
-        w_scaled = w * d**-0.25  # (M, d): x̂ @ w.T = x @ w_scaled.T
+        d, M = x.size(-1), w.size(0)
+        padded = -(-M // align) * align  # features, the last padded - M of them zero
+        w_scaled = w.new_zeros(padded, d)  # (padded, d): x̂ @ w.T = x @ w_scaled.T
+        torch.mul(w, d**-0.25, out=w_scaled[:M])
         rows = x.reshape(-1, d)
         half_sq = rows.pow(2).sum(-1, keepdim=True).mul_(0.5 * d**-0.5)  # |x̂|²/2
         if not is_query:  # the data-independent bound exp(max_r |w_r|²/2) on key features
             half_sq.add_((w * w).sum(-1).max() / 2)
-        phi = x.new_empty(rows.size(0), w.size(0))
+        phi = x.new_empty(rows.size(0), padded)
         step = rows_per_slab
         ctx.rows_per_slab = rows_per_slab
         for start in range(0, rows.size(0), step):
             s = slice(start, start + step)
             logits = torch.mm(rows[s], w_scaled.T, out=phi[s]).sub_(half_sq[s])
             if is_query:  # a query's own maximum: cancels within its row
-                logits.sub_(logits.amax(-1, keepdim=True))
+                logits.sub_(logits[:, :M].amax(-1, keepdim=True))
             logits.exp_()
+            logits[:, M:].zero_()
         ctx.save_for_backward(rows, w_scaled, phi)
         ctx.shape = x.shape
-        return phi.view(*x.shape[:-1], w.size(0))
+        return phi.view(*x.shape[:-1], padded)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
         rows, w_scaled, phi = ctx.saved_tensors
         d = rows.size(-1)
         grad = grad.reshape(phi.shape)
@@ -148,4 +161,4 @@ class PositiveRandomFeatures(torch.autograd.Function):
             s = slice(start, start + step)
             g = grad[s] * phi[s]  # (rows, M) d loss / d logits
             torch.mm(g, w_scaled, out=dx[s]).sub_(rows[s] * (g.sum(-1, keepdim=True) * d**-0.5))
-        return dx.view(ctx.shape), None, None, None
+        return dx.view(ctx.shape), None, None, None, None

@@ -63,3 +63,31 @@ def test_redraw_schedule_is_deterministic_and_resumable() -> None:
     torch.testing.assert_close(resumed.projection, attn.projection)
     attn.eval()(x)
     assert int(attn.training_steps) == 4  # evaluation neither counts nor redraws
+
+
+def test_training_path_pads_features_with_zeros_only() -> None:
+    """attend's features, padded to a multiple of 16 (111 -> 112 at d = 32), are the method's
+    111 features plus exact zeros: the output and the gradients equal those of the unpadded
+    chunked form (float64), and a query's stabiliser ignores the padding."""
+    from attn_lightning.attention.linear_kernel import chunked_causal_linear_attention
+
+    torch.manual_seed(0)
+    attn = PerformerAttention(n_embd=64, n_head=2, block_size=64).double()
+    assert attn.nb_features == 111
+    q, k, v = (torch.randn(2, 2, 40, 32, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    padded = attn.features(q, True, 16)
+    assert padded.shape[-1] == 112 and (padded[..., 111] == 0).all()
+    torch.testing.assert_close(padded[..., :111], attn.features(q, True))
+    maxima = padded[..., :111].amax(-1)
+    torch.testing.assert_close(maxima, torch.ones_like(maxima))  # a query row: its own max is 1
+    grad = torch.randn_like(v)
+    out = attn.attend(q, k, v)
+    fq, fk = attn.features(q, True), attn.features(k, False)
+    plain = chunked_causal_linear_attention(fq, fk, v, attn.chunk_size, attn.eps, state=None)
+    torch.testing.assert_close(out, plain)
+    for fast, slow in zip(
+        torch.autograd.grad(out, (q, k, v), grad),
+        torch.autograd.grad(plain, (q, k, v), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(fast, slow)
