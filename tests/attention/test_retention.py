@@ -141,3 +141,22 @@ def test_each_heads_output_is_normalised() -> None:
     scaled = y * torch.tensor([1.0, 10.0, 0.1, 3.0]).view(4, 1)
     torch.testing.assert_close(attn.proj(scaled.flatten(-2)), attn.proj(y.flatten(-2)))
     assert not torch.allclose(attn.proj((y + 1).flatten(-2)), attn.proj(y.flatten(-2)))
+
+
+def test_scalar_decay_through_the_channel_function_has_the_scalar_forms_gradients(
+    monkeypatch,
+) -> None:
+    """A scalar decay expanded to every key channel (the fast path, chunked_channel_decay.py)
+    gives the scalar form's values and gradients, the decay's included (float64)."""
+    import attn_lightning.attention.decay_kernel as decay_kernel
+
+    q, k, v = (x.requires_grad_() for x in inputs())
+    gamma_log = paper_gammas().log().requires_grad_()
+    results = []
+    for bound in (decay_kernel.FACTOR_BOUND, -1.0):  # -1: the scalar form
+        monkeypatch.setattr(decay_kernel, "FACTOR_BOUND", bound)
+        decay = gamma_log.view(1, -1, 1, 1).expand(B, -1, T, 1)
+        out = chunked_decay_attention(q, k, v, decay, 8, None, scale=0.5)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v, gamma_log))))
+    for fast, exact in zip(*results, strict=True):
+        torch.testing.assert_close(fast, exact)
