@@ -108,16 +108,23 @@ class TensorLength:
             self.length_tensor = torch.zeros(1, dtype=torch.long, device=device)
         self.length_tensor += num_tokens
 
+    def hold(self, slots: Tensor) -> None:
+        """Before a compiled step: `slots` (n,), the positions 0..n-1 its keys span, given by
+        the host (which knows the count without reading the tensor). A recurrent state of
+        fixed size has no use for it (the default)."""
+
 
 class StaticKVCache(TensorLength):
-    """A KVCache of fixed shapes, for compiled decoding (pytorch-labs/gpt-fast's design): keys
-    and values live in (B, H_kv, max_len, D) buffers allocated at the first update, and new
+    """A KVCache of fixed-shape storage, for compiled decoding (pytorch-labs/gpt-fast's design):
+    keys and values live in (B, H_kv, max_len, D) buffers allocated at the first update, and new
     tokens are written at their positions (`index_copy_` at a position tensor, no Python int).
 
-    `update` returns the whole buffers, slots not yet written included (zeros): the attention
-    masks them with its own causal mask, queries at `query_positions` against keys at
-    `key_positions` (every slot's position), so one compiled step serves every position. No
-    sliding window: positions past max_len are an error (the decoder checks before a step).
+    `update` returns views of the first n slots, the positions held after it: n is the size of
+    the `hold` tensor the decoder passed (a dynamic size of the compiled step, so the step reads
+    only the keys it attends to, not all max_len), or, eagerly, the count itself. Queries at
+    `query_positions` against keys at `key_positions` are masked by the attention's own causal
+    mask (a prefill's queries see only the keys before them). No sliding window: positions past
+    max_len are an error (the decoder checks before a step).
     """
 
     def __init__(self, max_len: int) -> None:
@@ -126,10 +133,14 @@ class StaticKVCache(TensorLength):
         self.v: Tensor | None = None
         self.slots: Tensor | None = None  # (max_len,) 0, 1, ..., max_len - 1
         self.written: Tensor | None = None  # (T,) positions of the last update's tokens
+        self.held: Tensor | None = None  # (n,) slots the next update returns (`hold`)
+
+    def hold(self, slots: Tensor) -> None:
+        self.held = slots
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write new (B, H_kv, T, D) keys/values at the next T positions; returns the buffers
-        (B, H_kv, max_len, D)."""
+        """Write new (B, H_kv, T, D) keys/values at the next T positions; returns the keys and
+        values of the positions held, (B, H_kv, n, D) views of the buffers."""
         if self.k is None:
             B, H, _, D = k.shape
             self.k, self.v = k.new_zeros(B, H, self.max_len, D), v.new_zeros(B, H, self.max_len, D)
@@ -141,7 +152,9 @@ class StaticKVCache(TensorLength):
         self.k.index_copy_(2, self.written, k)
         self.v.index_copy_(2, self.written, v)
         self.advance(T, k.device)
-        return self.k, self.v
+        held, self.held = self.held, None  # a hint for this update only
+        n = self.length if held is None else held.size(0)
+        return self.k[:, :, :n], self.v[:, :, :n]
 
     def query_positions(self) -> Tensor:
         """Positions (T,) of the tokens the last `update` wrote: the queries'."""
@@ -149,6 +162,6 @@ class StaticKVCache(TensorLength):
         return self.written
 
     def key_positions(self, num_keys: int, device: torch.device) -> Tensor:
-        """Positions of the max_len slots `update` returns (num_keys == max_len)."""
-        assert self.slots is not None and num_keys == self.max_len
-        return self.slots
+        """Positions (num_keys,) of the keys `update` returned: slots 0.. ."""
+        assert self.slots is not None
+        return self.slots[:num_keys]

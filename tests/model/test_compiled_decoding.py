@@ -41,22 +41,23 @@ def gpt(variant: str, **overrides) -> GPT:
 def test_static_caches_give_full_recomputation_logits(variant: str) -> None:
     """Eagerly: a prefill and a several-token extension through `extend` (positions from the
     caches' tensor counts) and single tokens through `one_token_logits` (positions as a
-    tensor, the compiled step's own code), all on static caches whose unwritten slots are
-    masked: each position's logits equal full recomputation's."""
+    tensor and the slots held given, the compiled step's own code), all on static caches:
+    each position's logits equal full recomputation's (a step that missed its own key, one
+    slot too few, would not)."""
     model = gpt(variant)
     sequence = torch.randint(65, (2, BLOCK - 2))
     with torch.inference_mode():
         full = model(sequence).logits  # (B, T, V)
-        caches = model.new_caches(static=True)
+        caches, slots = model.new_caches(static=True), torch.arange(BLOCK)
         prefill = model(sequence[:, :5], caches=caches).logits
         torch.testing.assert_close(prefill, full[:, :5], rtol=1e-4, atol=1e-5)
         for t in range(5, 12):
-            logits = one_token_logits(model, sequence[:, t : t + 1].clone(), caches)
+            logits = one_token_logits(model, sequence[:, t : t + 1].clone(), caches, slots[: t + 1])
             torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-5)
         chunk = model(sequence[:, 12:15], caches=caches).logits
         torch.testing.assert_close(chunk, full[:, 12:15], rtol=1e-4, atol=1e-5)
         for t in range(15, BLOCK - 2):
-            logits = one_token_logits(model, sequence[:, t : t + 1].clone(), caches)
+            logits = one_token_logits(model, sequence[:, t : t + 1].clone(), caches, slots[: t + 1])
             torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-5)
     assert all(cache.length == BLOCK - 2 for cache in caches)
 
@@ -71,12 +72,32 @@ def test_static_kv_cache_buffers_keep_their_shape() -> None:
         model(sequence[:, :4], caches=static), model(sequence[:, :4], caches=growing)
         shape = static[0].k.shape
         for t in range(4, 9):
-            one_token_logits(model, sequence[:, t : t + 1].clone(), static)
+            one_token_logits(model, sequence[:, t : t + 1].clone(), static, torch.arange(t + 1))
             model(sequence[:, t : t + 1], caches=growing)
             assert static[0].k.shape == shape == (1, 4, BLOCK, 8)
     torch.testing.assert_close(static[0].k[:, :, :9], growing[0].k)
     torch.testing.assert_close(static[0].v[:, :, :9], growing[0].v)
     assert not static[0].k[:, :, 9:].any()  # nothing written past the sequence
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "gqa", "alibi"])
+def test_a_step_reads_only_the_slots_it_holds(variant: str) -> None:
+    """The KV views a step attends over end at the slots held: slots past them, poisoned with
+    NaN, do not reach the logits (a mask alone would not keep them out: 0 * NaN is NaN), and
+    the logits equal full recomputation's at each length."""
+    model = gpt(variant)
+    sequence = torch.randint(65, (2, 12))
+    with torch.inference_mode():
+        full = model(sequence).logits
+        caches = model.new_caches(static=True)
+        model(sequence[:, :3], caches=caches)
+        for cache in caches:
+            cache.k[:, :, 3:], cache.v[:, :, 3:] = float("nan"), float("nan")
+        for t in range(3, 12):
+            token = sequence[:, t : t + 1].clone()
+            logits = one_token_logits(model, token, caches, torch.arange(t + 1))
+            torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-5)
+            assert caches[0].k[:, :, t + 1 :].isnan().all()  # nothing written past the token
 
 
 @pytest.mark.parametrize(
@@ -136,6 +157,32 @@ def test_compiled_decoding_equals_eager_incremental(variant: str) -> None:
     stats = torch._dynamo.utils.counters["stats"]
     assert stats["unique_graphs"] == 1, dict(stats)
     assert compiled_one_token_logits() is compiled_one_token_logits()
+
+
+@pytest.mark.slow  # compiles two variants
+def test_decoders_of_several_models_stepping_in_turn_each_run_their_own_graph() -> None:
+    """Steps after a decoder's first skip dynamo's guards but those telling graphs apart: two
+    models of one architecture (other weights) and a linear-attention model, decoded in turn
+    in one process, each give their eager logits at every step, from two graphs in all."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    models = [gpt("vanilla"), gpt("vanilla"), gpt("linear")]
+    with torch.no_grad():
+        for parameter in models[1].parameters():
+            parameter.mul_(1.5)
+    prompt = torch.randint(65, (1, 4))
+    eager = [IncrementalDecoder(model) for model in models]
+    compiled = [IncrementalDecoder(model, compile=True) for model in models]
+    sequences = [prompt] * len(models)
+    with torch.inference_mode():
+        for step in range(12):
+            for index in range(len(models)):
+                expected = eager[index](sequences[index])
+                logits = compiled[index](sequences[index])
+                torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5, msg=f"{step}")
+                next_id = expected.argmax(-1, keepdim=True)
+                sequences[index] = torch.cat((sequences[index], next_id), dim=1)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
 
 
 @pytest.mark.slow  # compiles
