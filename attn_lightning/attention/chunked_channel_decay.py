@@ -1,4 +1,5 @@
-"""Chunked linear attention with a decay per key channel (GLA) as one autograd Function.
+"""Chunked linear attention with a decay per key channel (GLA; retention's scalar decay runs
+expanded to the channels) as one autograd Function.
 
 Per chunk of C positions, with b the cumulative log decay from the chunk's start (b_i includes
 α_i), r = b_0 the first position's, E = exp(b - r) in [e^-40, 1] (decay_kernel.FACTOR_BOUND),
