@@ -86,7 +86,7 @@ class VanillaAttention(CausalSelfAttention):
     ) -> Tensor:
         k_all, v_all = cache.update(k, v)  # (B, H_kv, T_k, D)
         k_all, v_all = self.repeat_kv(k_all), self.repeat_kv(v_all)
-        if isinstance(cache, StaticKVCache):  # every slot: the mask hides those after q
+        if isinstance(cache, StaticKVCache):  # the slots held; the mask: those after q (prefill)
             k_pos = cache.key_positions(k_all.size(2), q.device)
             bias = self.score_bias(cache.query_positions(), k_pos).to(q.dtype)  # (1 or H, T, L)
             return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias)
