@@ -23,7 +23,9 @@ torch.compile'd call of that same step, on caches of fixed shapes (`new_caches(s
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -344,6 +346,29 @@ def compiled_one_token_logits() -> Callable[[GPT, Tensor, list[Any], Tensor], Te
     return torch.compile(one_token_logits, dynamic=False, fullgraph=True, options=options)
 
 
+@functools.cache
+def _skips_guard_eval() -> bool:
+    """Whether this torch has `set_stance(skip_guard_eval_unsafe=...)` (2.7 on; the floor is
+    2.4, where every step evaluates all its guards instead)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance is not None and "skip_guard_eval_unsafe" in inspect.signature(stance).parameters
+
+
+def differentiating_guards_only() -> contextlib.AbstractContextManager[Any]:
+    """Dynamo checks only the guards that tell a function's compiled graphs apart, where torch
+    can (IncrementalDecoder says when that is safe); else nothing changes."""
+    if _skips_guard_eval():
+        return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
+    return contextlib.nullcontext()
+
+
+def recompile_limit_hit() -> Any:
+    """torch's exception for a compiled function past its recompile limit, or () (catching
+    nothing) where this torch has none; looked up only when an exception is raised, since
+    importing torch._dynamo takes seconds, which every user of the model would pay."""
+    return getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())
+
+
 class IncrementalDecoder:
     """Next-token logits for a growing sequence, reusing per-layer caches.
 
@@ -403,7 +428,7 @@ class IncrementalDecoder:
             slots = self.slots[:length]
             try:
                 if self.guards_checked:
-                    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    with differentiating_guards_only():
                         return self.compiled(self.model, token, self.caches, slots)
                 # a compile may follow: n is traced as a size (marking costs ~0.1 ms, so only
                 # here: a graph compiled for every n takes any later slots unmarked)
@@ -411,7 +436,7 @@ class IncrementalDecoder:
                 logits = self.compiled(self.model, token, self.caches, slots)
                 self.guards_checked = True
                 return logits
-            except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the step ran
+            except recompile_limit_hit():  # raised before the step ran
                 warnings.warn(
                     "compile=True: torch._dynamo's recompile limit is reached (more model "
                     "shapes or batch sizes in this process than it compiles): decoding eagerly",

@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import small_attention
 
+import attn_lightning.model.gpt as gpt_module
 from attn_lightning.bench import generation
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.model.gpt import (
@@ -230,3 +231,29 @@ def test_the_generation_benchmark_adds_compiled_columns(capsys: pytest.CaptureFi
     assert len(cells) == 10 and cells[5] == cells[9] == "yes", table
     assert cells[7].endswith("x") and float(cells[8]) > 0
     assert "n/a" in window
+
+
+def test_on_a_torch_without_the_guard_skipping_stance_every_guard_is_checked(monkeypatch):
+    """The floor is torch 2.4: set_stance (2.6) and its skip_guard_eval_unsafe (2.7) may be
+    missing, and compiled decoding must then run with its guards, not fail."""
+
+    def old_set_stance(stance: str = "default", *, force_backend: object = None) -> None:
+        raise AssertionError("called with an argument this torch does not have")
+
+    for set_stance in (old_set_stance, None):
+        monkeypatch.setattr(torch.compiler, "set_stance", set_stance, raising=False)
+        gpt_module._skips_guard_eval.cache_clear()
+        with gpt_module.differentiating_guards_only() as entered:
+            assert entered is None  # a null context, nothing asked of torch
+    monkeypatch.undo()
+    gpt_module._skips_guard_eval.cache_clear()
+    assert gpt_module._skips_guard_eval()  # this torch (2.13) has it
+
+
+def test_a_torch_without_the_recompile_limit_exception_catches_nothing(monkeypatch):
+    monkeypatch.delattr(torch._dynamo.exc, "FailOnRecompileLimitHit", raising=False)
+    with pytest.raises(RuntimeError):
+        try:
+            raise RuntimeError("some other failure")
+        except gpt_module.recompile_limit_hit():
+            pass
