@@ -71,9 +71,10 @@ class VanillaAttention(CausalSelfAttention):
         return KVCache(self.block_size)
 
     def new_static_cache(self) -> StaticKVCache | None:
-        """Compiled decoding's cache: all block_size positions, masked by `score_bias` (exact
-        for every mask and bias of the family). None for a subclass with its own cache or
-        decode (sliding window keeps a window), and with short_conv."""
+        """Compiled decoding's cache: block_size preallocated positions, a step attending over
+        those held, masked by `score_bias` (exact for every mask and bias of the family). None
+        for a subclass with its own cache or decode (sliding window keeps a window), and with
+        short_conv."""
         return StaticKVCache(self.block_size) if self.decodes_as(VanillaAttention) else None
 
     def decode(
