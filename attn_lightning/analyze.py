@@ -17,12 +17,10 @@ from __future__ import annotations
 import logging
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from attn_lightning.analysis.ablation import Ablation, ablation_study
 from attn_lightning.analysis.masks import connectivity
@@ -37,51 +35,17 @@ from attn_lightning.analysis.probe import probe
 from attn_lightning.analysis.report import markdown_table, stats_table
 from attn_lightning.analysis.stats import head_statistics
 from attn_lightning.atomic import write_text
-from attn_lightning.checkpoint import load_checkpoint
-from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.attention.registry import build_attention, variant_names
+from attn_lightning.config.device import resolve_device
+from attn_lightning.config.entry_point import hydra_entry_point
+from attn_lightning.config.schema import AnalyzeConfig
 from attn_lightning.errors import ConfigError
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.sample import resolve_device
-from attn_lightning.schema import AnalyzeConfig
-from attn_lightning.variants import build_attention, variant_names
+from attn_lightning.runs.checkpoint import load_checkpoint
+from attn_lightning.runs.data_config import data_config
+from attn_lightning.runs.paths import run_dir_of
+from attn_lightning.training.lit_module import LitGPT
 
 log = logging.getLogger(__name__)
-
-
-def run_dir_of(ckpt_path: Path) -> Path:
-    """The run dir of a checkpoint in `<run>/checkpoints/`, else the checkpoint's own dir."""
-    ckpt_path = ckpt_path.resolve()
-    parent = ckpt_path.parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
-def command_line_data_keys() -> tuple[bool, list[str]]:
-    """Whether the command line picked a `data=<option>`, and the `data.<key>` it set."""
-    if not HydraConfig.initialized():
-        return False, []
-    overrides = [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
-    option = any(o.startswith("data=") for o in overrides)
-    keys = [o.split("=", 1)[0].removeprefix("data.") for o in overrides if o.startswith("data.")]
-    return option, keys
-
-
-def data_config(cfg: DictConfig, run_dir: Path, block_size: int) -> tuple[Any, str]:
-    """The data config to validate on, and where it came from: the run's own (its
-    .hydra/config.yaml) with the command line's `data.<key>=...` on top, unless the command
-    line picks a `data=<option>` or there is no saved run config."""
-    option, keys = command_line_data_keys()
-    saved = run_dir / ".hydra" / "config.yaml"
-    if saved.is_file() and not option:
-        run_cfg = OmegaConf.load(saved)
-        if "data" in run_cfg:
-            data = OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
-            for key in keys:  # the user's value wins over the run's, as everywhere else
-                OmegaConf.update(data, key, OmegaConf.select(cfg.data, key), force_add=True)
-            given = f" with {', '.join(f'data.{k}' for k in keys)} from the command line"
-            return OmegaConf.to_container(data, enum_to_str=True), str(saved) + (given * bool(keys))
-    data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
-    # windows as long as the checkpoint's model takes, whatever the data option's default
-    return data | {"block_size": block_size}, "the data options of conf/analyze.yaml"
 
 
 def validation_batches(

@@ -24,14 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from attn_lightning.analysis.contract import (
     AttentionFactory,
     ContractSizes,
-    TimingSizes,
     run_contract,
     table,
 )
 from attn_lightning.attention.base import CausalSelfAttention
-from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.attention.registry import attention_factory, variant_config, variant_names
+from attn_lightning.bench.contract_timing import TimingSizes, check_timing
+from attn_lightning.config.entry_point import hydra_entry_point
 from attn_lightning.errors import ConfigError, UserError, exit_on_user_error
-from attn_lightning.variants import attention_factory, variant_config, variant_names
 
 BASE = f"{CausalSelfAttention.__module__}.{CausalSelfAttention.__qualname__}"
 
@@ -151,7 +151,9 @@ def check(cfg: DictConfig) -> bool:
         f"contract of {label}: batch {sizes.batch_size}, n_embd {sizes.n_embd}, "
         f"n_head {sizes.n_head}, T {sizes.length}"
     )
-    results = run_contract(factory, sizes, timing)
+    results = run_contract(factory, sizes)
+    if timing is not None:
+        results.append(check_timing(factory, timing))
     print("\n".join(table(results)))
     failed = [r for r in results if not r.passed]
     for result in failed:

@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from attn_lightning.analysis.comparison import compare_runs
+from attn_lightning.comparison.report import compare_runs
 from attn_lightning.errors import UserError, exit_on_user_error
 
 log = logging.getLogger(__name__)

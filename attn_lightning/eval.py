@@ -38,17 +38,18 @@ from attn_lightning.analysis.context_length import (
     results_markdown,
 )
 from attn_lightning.analysis.plots import save_png
-from attn_lightning.analyze import data_config, run_dir_of
 from attn_lightning.atomic import write_text
-from attn_lightning.checkpoint import load_checkpoint
+from attn_lightning.config.device import resolve_device
+from attn_lightning.config.entry_point import hydra_entry_point
+from attn_lightning.config.schema import EvalConfig
 from attn_lightning.data.shakespeare import ShakespeareDataModule
-from attn_lightning.entry_point import hydra_entry_point
-from attn_lightning.errors import CheckpointError, ConfigError
-from attn_lightning.lit_module import LitGPT
+from attn_lightning.errors import ConfigError
 from attn_lightning.model.gpt import GPT
-from attn_lightning.run_record import class_name, read_record
-from attn_lightning.sample import resolve_device
-from attn_lightning.schema import EvalConfig
+from attn_lightning.runs.checkpoint import load_checkpoint
+from attn_lightning.runs.data_config import data_config
+from attn_lightning.runs.paths import best_checkpoint, run_dir_of
+from attn_lightning.runs.record import class_name, read_record
+from attn_lightning.training.lit_module import LitGPT
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +68,6 @@ class Checkpoint:
     @property
     def training_length(self) -> int:
         return self.module.model.block_size
-
-
-def best_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint the run's test after fit evaluated: its best one (checkpoints/ holds
-    last.ckpt and, with save_top_k=1 in conf/callbacks/default.yaml, the best), else, in a run
-    that never validated, last.ckpt (the test then used the final weights)."""
-    checkpoints = run_dir / "checkpoints"
-    found = sorted(p for p in checkpoints.glob("*.ckpt") if p.name != "last.ckpt")
-    if not found and (checkpoints / "last.ckpt").is_file():
-        return checkpoints / "last.ckpt"
-    if len(found) != 1:
-        what = "no checkpoint" if not found else f"{len(found)} checkpoints besides last.ckpt"
-        raise CheckpointError(f"{checkpoints} holds {what}: name the file in ckpts=[...]")
-    return found[0]
 
 
 def checkpoint_path(entry: str) -> Path:

@@ -17,26 +17,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from attn_lightning.checkpoint import load_checkpoint
-from attn_lightning.entry_point import hydra_entry_point
+from attn_lightning.config.device import resolve_device
+from attn_lightning.config.entry_point import hydra_entry_point
+from attn_lightning.config.schema import SampleConfig
 from attn_lightning.errors import ConfigError, UserError
 from attn_lightning.model.sampling import Sampler
-from attn_lightning.schema import SampleConfig
+from attn_lightning.runs.checkpoint import load_checkpoint
 
 SEPARATOR = "\n----\n"  # between samples when num_samples > 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto`: a GPU when there is one; anything else as torch names it, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device: use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but this machine has no CUDA GPU: use device=cpu")
-    return device
 
 
 def prompt_text(cfg: DictConfig) -> str:

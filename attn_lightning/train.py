@@ -7,95 +7,32 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from attn_lightning.checkpoint import (
+from attn_lightning.config import print_config
+from attn_lightning.config.entry_point import hydra_entry_point
+from attn_lightning.config.schema import TrainConfig
+from attn_lightning.runs.checkpoint import (
     check_same_model,
     check_weights_fit,
     config_targets,
     trust_in_run,
 )
-from attn_lightning.config import print_config
-from attn_lightning.csv_logger import ResumableCSVLogger
-from attn_lightning.ddp_multirun import ddp_job_scope
-from attn_lightning.entry_point import hydra_entry_point
-from attn_lightning.errors import ConfigError
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.record_guard import keep_record_if_refused
-from attn_lightning.resume import resume_point
-from attn_lightning.run_record import record_metrics, record_training
-from attn_lightning.schema import TrainConfig
-from attn_lightning.training.metrics import LM_METRICS, METRICS
-from attn_lightning.validate import check_config
+from attn_lightning.runs.record import record_metrics, record_training
+from attn_lightning.runs.record_guard import keep_record_if_refused
+from attn_lightning.runs.resume import resume_point
+from attn_lightning.training.builders import (
+    build_callbacks,
+    build_module,
+    build_trainer,
+    check_monitored_metrics,
+    plain,
+)
+from attn_lightning.training.ddp import ddp_job_scope
+from attn_lightning.training.validate import check_config
 
 log = logging.getLogger(__name__)
-
-
-def plain(cfg: DictConfig) -> dict:
-    """A resolved config node as plain containers and strings (schema enums included): what
-    constructors, checkpoints and hparams get."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
-def build_module(cfg: DictConfig, tokenizer: dict[str, Any]) -> LitGPT:
-    """The LightningModule of a composed config; `compile=true` runs its GPT's training
-    steps through torch.compile (LitGPT.compile_training_forward)."""
-    module = LitGPT(
-        model=plain(cfg.model),
-        attention=plain(cfg.attention),
-        optim=plain(cfg.optim),
-        tokenizer=tokenizer,
-        layer_attention=plain(cfg.layer_attention) or None,
-        schedule=None if cfg.schedule is None else plain(cfg.schedule),
-        on_nonfinite_loss=str(cfg.on_nonfinite_loss),
-        max_nonfinite_skips=cfg.max_nonfinite_skips,
-    )
-    if cfg.compile:
-        module.compile_training_forward()
-    return module
-
-
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-
-
-def check_monitored_metrics(cfg: DictConfig, datamodule: Any) -> None:
-    """A callback that monitors a validation metric this data never logs (EarlyStopping on
-    `val/exact_match` over text) fails at the first validation with Lightning's traceback:
-    refuse it before fit, naming the key and the metrics there are."""
-    answers = getattr(datamodule, "answer_metrics", False)
-    logged = [f"val/{name}" for name in (METRICS if answers else LM_METRICS)]
-    for name, callback in cfg.callbacks.items():
-        monitor = callback.get("monitor") if callback is not None else None
-        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
-            raise ConfigError(
-                f"callbacks.{name}.monitor={monitor} is never logged with this data: choose "
-                f"one of {', '.join(logged)}"
-            )
-
-
-def build_logger(cfg: DictConfig, resume_step: int | None) -> Logger:
-    """A logger of the config. Resuming from `resume_step` (None: not resuming), TensorBoard
-    hides its events from that step on (SummaryWriter's `purge_step`), which the resumed run
-    logs again: its curves match metrics.csv's (csv_logger.py), where those rows are replaced."""
-    if resume_step is not None and issubclass(get_class(cfg._target_), TensorBoardLogger):
-        return instantiate(cfg, purge_step=resume_step)
-    logger = instantiate(cfg)
-    if isinstance(logger, ResumableCSVLogger):
-        logger.resume_at(resume_step or 0)  # keep the rows logged before the checkpoint
-    return logger
-
-
-def build_trainer(
-    cfg: DictConfig, callbacks: list[L.Callback] | None = None, resume_step: int | None = None
-) -> L.Trainer:
-    """The Trainer of a config, with its callbacks (built here unless given) and loggers (set
-    to continue their history at `resume_step` when resuming)."""
-    callbacks = build_callbacks(cfg) if callbacks is None else callbacks
-    loggers = [build_logger(c, resume_step) for c in cfg.logger.values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:

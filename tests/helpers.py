@@ -16,9 +16,9 @@ import lightning as L
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from attn_lightning.attention.registry import AttentionFactory, attention_factory, variant_options
 from attn_lightning.data.shakespeare import ShakespeareDataModule
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.variants import AttentionFactory, attention_factory, variant_options
+from attn_lightning.training.lit_module import LitGPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

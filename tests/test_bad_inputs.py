@@ -1,7 +1,7 @@
 """Bad input to every entry point, as a user types it: one line `error: ...` that names the key
 (or file) and says what to do, exit 2, no traceback. Hydra's own composition errors (a value of
 the wrong type, an unknown key, an override it cannot parse) and constructors refusing their
-config are turned into that line by attn_lightning/entry_point.py; the rest are the entry
+config are turned into that line by attn_lightning/config/entry_point.py; the rest are the entry
 points' own checks. All cases run in one interpreter (helpers.run_entry_points)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from attn_lightning.data.char_tokenizer import CharTokenizer
 CKPT = "{ckpt}"  # replaced by a real (untrained) checkpoint of a 1-layer, block-32 model
 TRAIN = [*TINY[1:], "debug=fast"]
 
-# Training configs refused by the constructors' and validate.py's checks or the schema.
+# Training configs refused by the constructors' and training/validate.py's checks or the schema.
 BAD_CONFIGS = [
     (["model.n_embd=33"], "not divisible by model.n_head"),
     (["attention=gqa", "attention.n_kv_head=3"], "must be positive and divide model.n_head"),
@@ -38,7 +38,7 @@ BAD_CONFIGS = [
     (["data.batch_size=0"], "data.batch_size must be positive"),
     (["trainer.max_steps=0"], "trainer.max_steps must be positive"),
     (["attention=nope"], "Available options in 'attention'"),
-    # the typed schema (attn_lightning/schema.py): wrong types and unknown option values
+    # the typed schema (attn_lightning/config/schema.py): wrong types and unknown option values
     (["model.n_layer=four"], "Value 'four' of type 'str' could not be converted to Integer"),
     (["model.pos_embedding=lerned"], "Invalid value 'lerned', expected one of [learned, none]"),
     (["on_nonfinite_loss=halt"], "Invalid value 'halt', expected one of [stop, skip]"),

@@ -19,8 +19,8 @@ from attn_lightning.analysis.contract import (
     CHECKS,
     TIMING,
     ContractSizes,
-    TimingSizes,
 )
+from attn_lightning.bench.contract_timing import TimingSizes
 from attn_lightning.check import user_factory
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import ConfigError

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.train import build_module, build_trainer, plain
+from attn_lightning.training.builders import build_module, build_trainer, plain
 from attn_lightning.training.optim import warmup_cosine
 
 GROUPS = [

@@ -9,7 +9,8 @@ from helpers import TINY, use_data_dir
 from hydra import compose, initialize_config_dir
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.train import build_trainer, train
+from attn_lightning.train import train
+from attn_lightning.training.builders import build_trainer
 
 
 def compose_train(overrides: list[str], tmp_path: Path):

@@ -20,15 +20,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from attn_lightning.attention.alibi import ALiBiAttention
-from attn_lightning.checkpoint import load_checkpoint
+from attn_lightning.attention.registry import variant_config, variant_names, variant_options
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.shakespeare import ShakespeareDataModule
 from attn_lightning.errors import ConfigError, exit_on_user_error
-from attn_lightning.eval import best_checkpoint, evaluate, model_at_length
-from attn_lightning.lit_module import LitGPT
+from attn_lightning.eval import evaluate, model_at_length
 from attn_lightning.model.gpt import GPT
-from attn_lightning.variants import variant_config, variant_names, variant_options
+from attn_lightning.runs.checkpoint import load_checkpoint
+from attn_lightning.runs.paths import best_checkpoint
+from attn_lightning.training.lit_module import LitGPT
 
 BLOCK = 16
 WORDS = ["the", "king", "queen", "of", "and", "to", "my", "lord", "thou", "art", "is", "a"]
@@ -346,7 +347,7 @@ def test_command_line_data_keys_apply_over_the_runs_saved_data(trained_run, tmp_
     data.path=...); with no data.* given it is the run's own, untouched."""
     from hydra.core.hydra_config import HydraConfig
 
-    from attn_lightning.analyze import data_config
+    from attn_lightning.runs.data_config import data_config
 
     run_dir, _ = trained_run
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml").data

@@ -26,9 +26,9 @@ from helpers import (
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from attn_lightning.checkpoint import load_checkpoint, read_checkpoint, save_atomic
 from attn_lightning.errors import CheckpointError
-from attn_lightning.resume import ResumePoint, resume_point
+from attn_lightning.runs.checkpoint import load_checkpoint, read_checkpoint, save_atomic
+from attn_lightning.runs.resume import ResumePoint, resume_point
 
 RUN = [
     *TINY,
@@ -208,7 +208,7 @@ def composed(overrides: list[str]) -> DictConfig:
 
 
 def resumed_from(run_dir: Path, *overrides: str) -> ResumePoint:
-    from attn_lightning.train import build_callbacks
+    from attn_lightning.training.builders import build_callbacks
 
     cfg = composed([*RUN, f"paths.output_dir={run_dir}", *overrides])
     return resume_point(cfg, build_callbacks(cfg))
@@ -394,7 +394,7 @@ def test_killed_writer_leaves_no_partial_file_named_like_a_checkpoint(tmp_path):
     save_atomic({"state_dict": {"step": torch.tensor(1)}}, path)
     script = f"""
 import os, signal, torch
-from attn_lightning.checkpoint import save_atomic
+from attn_lightning.runs.checkpoint import save_atomic
 def torn_save(obj, f, *a, **k):
     f.write(b"half a checkpoint"); f.flush()
     os.kill(os.getpid(), signal.SIGKILL)

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.train import build_module
+from attn_lightning.training.builders import build_module
 
 TASKS = ["copy", "sorting", "arithmetic"]
 SHORT = [  # fewer steps and evaluation examples than the presets, same model

@@ -6,17 +6,15 @@
 - incremental decoding (`new_cache()`, `forward(x, cache=...)`) equals full recomputation;
 - the decoding state: the bytes a cache holds per sequence at two lengths (a KV cache grows
   with T, a recurrent state does not);
-- a quick forward+backward timing at a few lengths with the fitted log-log exponent.
 
 Pure functions of a module factory and sizes, returning results; no Hydra, no Lightning. A
 check that raises becomes a failed result carrying the error, so one broken method does not
-hide the other checks. `python -m attn_lightning.check` (attn_lightning/check.py) is the CLI.
+hide the other checks. `python -m attn_lightning.check` (attn_lightning/check.py) is the CLI; it
+adds a timing row measured by bench/contract_timing.py.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,11 +25,8 @@ import torch
 from torch import Tensor
 
 from attn_lightning.analysis.masks import dependence
-from attn_lightning.analysis.scaling import scaling_exponent
 from attn_lightning.analysis.state_size import cache_bytes
 from attn_lightning.attention.base import CausalSelfAttention
-from attn_lightning.bench.attention.settings import Settings
-from attn_lightning.bench.attention.timing import MeasurementTimeout, time_calls
 
 AttentionFactory = Callable[..., CausalSelfAttention]
 KiB = 1024
@@ -49,21 +44,6 @@ class ContractSizes:
     output_atol: float = 1e-6  # an earlier output may move this much when a later input does
     atol: float = 1e-5  # matrix vs fast path, decoding vs full: |a - b| <= atol + rtol |b|
     rtol: float = 1e-4
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class TimingSizes:
-    """The timing check: the attention benchmark's shape and repeats (bench/attention/
-    settings.py), forward+backward of the whole module at each length."""
-
-    lengths: tuple[int, ...] = (256, 512, 1024)
-    batch_size: int = Settings.batch_size
-    n_head: int = Settings.heads
-    head_dim: int = Settings.head_dim
-    warmup: int = Settings.warmup
-    repeats: int = Settings.repeats
-    time_limit: float = Settings.time_limit  # seconds per length, warm-up included
     seed: int = 0
 
 
@@ -302,42 +282,6 @@ def check_decoding_state(module: CausalSelfAttention, sizes: ContractSizes) -> C
     )
 
 
-def check_timing(factory: AttentionFactory, timing: TimingSizes) -> CheckResult:
-    """Median forward+backward of the module at each length (the attention benchmark's
-    `time_calls`) and the log-log exponent (analysis/scaling.py's fit)."""
-    lengths = sorted(set(timing.lengths))
-    torch.manual_seed(timing.seed)
-    n_embd = timing.n_head * timing.head_dim
-    module = factory(n_embd=n_embd, n_head=timing.n_head, block_size=lengths[-1]).train()
-    generator = torch.Generator().manual_seed(timing.seed)
-    medians = []
-    for length in lengths:
-        x = torch.randn(timing.batch_size, length, n_embd, generator=generator, requires_grad=True)
-        grad = torch.randn(timing.batch_size, length, n_embd, generator=generator)
-
-        def call(x: Tensor = x, grad: Tensor = grad) -> None:
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            module(x)[0].backward(grad)
-
-        try:
-            seconds = time_calls(
-                call, timing.warmup, timing.repeats, timing.time_limit, torch.device("cpu")
-            )
-        except MeasurementTimeout as error:
-            return CheckResult(TIMING, False, f"T={length}: timed out ({error})", position=length)
-        medians.append(1000 * statistics.median(seconds))
-    exponent = scaling_exponent(lengths, medians)
-    times = " / ".join(f"{ms:.3g}" for ms in medians)
-    fitted = "n/a" if exponent is None or not math.isfinite(exponent) else f"{exponent:.2f}"
-    return CheckResult(
-        TIMING,
-        True,
-        f"fwd+bwd {times} ms at T={'/'.join(map(str, lengths))}; time ~ T^{fitted}",
-        values={"lengths": lengths, "time_ms": medians, "exponent": exponent},
-    )
-
-
 def error_result(name: str, error: BaseException) -> CheckResult:
     """A check that raised: failed, with the error and where in the code it was raised."""
     frames = traceback.extract_tb(error.__traceback__)
@@ -368,11 +312,8 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def run_contract(
-    factory: AttentionFactory, sizes: ContractSizes, timing: TimingSizes | None = None
-) -> list[CheckResult]:
-    """Every check on a fresh module from `factory` (called with n_embd, n_head, block_size),
-    then the timing when `timing` is given."""
+def run_contract(factory: AttentionFactory, sizes: ContractSizes) -> list[CheckResult]:
+    """Every check on a fresh module from `factory` (called with n_embd, n_head, block_size)."""
     results = []
     with one_thread():
         for name, check in CHECKS.items():
@@ -380,11 +321,6 @@ def run_contract(
                 results.append(check(build(factory, sizes), sizes))
             except Exception as error:  # a broken method is a failed check; the others run
                 results.append(error_result(name, error))
-    if timing is not None:
-        try:
-            results.append(check_timing(factory, timing))
-        except Exception as error:
-            results.append(error_result(TIMING, error))
     return results
 
 

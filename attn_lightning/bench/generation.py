@@ -34,11 +34,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.analysis.state_size import decoding_state_bytes
+from attn_lightning.attention.registry import attention_factory
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
 from attn_lightning.model.gpt import GPT, StaticCacheError
-from attn_lightning.train import plain
-from attn_lightning.variants import attention_factory
+from attn_lightning.training.builders import plain
 
 VOCAB_SIZE = 65
 

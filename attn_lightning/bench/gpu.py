@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 
 from attn_lightning.analysis.flops import known_peak_flops, mfu
+from attn_lightning.attention.registry import build_attention
 from attn_lightning.bench import compile as compile_bench
 from attn_lightning.bench._fla_kernels import FLA_VARIANTS, fla_core
 from attn_lightning.bench.attention.cli import main as attention_main
 from attn_lightning.bench.attention.sweep import row_cosine
 from attn_lightning.bench.attention.timing import time_calls
 from attn_lightning.errors import UserError, exit_on_user_error, find_user_error
-from attn_lightning.variants import build_attention
 
 PARTS = ("model", "attention", "fla")
 ATTENTION_VARIANTS = (

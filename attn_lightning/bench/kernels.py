@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attn_lightning.attention.registry import build_attention, variant_names
 from attn_lightning.bench import _kernel_references as refs
 from attn_lightning.bench._kernel_profile import breakdown_table, matmul_rates, profile_call
 from attn_lightning.bench.attention.sweep import row_cosine
 from attn_lightning.errors import UserError, exit_on_user_error
-from attn_lightning.variants import build_attention, variant_names
 
 OURS = ("linear", "performer", "deltanet", "gated_deltanet", "gla", "retention")
 PROFILED_CHUNK = 64  # the chunk size of the chunked kernels' configs, for the matmul rate

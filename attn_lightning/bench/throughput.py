@@ -33,8 +33,8 @@ from torch import Tensor
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.step_batches import step_loader
 from attn_lightning.data.windows import RandomWindowBatches
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.train import build_module, build_trainer, plain
+from attn_lightning.training.builders import build_module, build_trainer, plain
+from attn_lightning.training.lit_module import LitGPT
 
 
 def build(cfg: Any) -> tuple[LitGPT, RandomWindowBatches]:

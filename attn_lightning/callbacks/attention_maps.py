@@ -1,4 +1,4 @@
-"""Attention maps as images (TensorBoard's Images tab, MLflow, W&B: loggers.py): a fixed
+"""Attention maps as images (TensorBoard's Images tab, MLflow, W&B: training/loggers.py): a fixed
 validation sequence through the model at every n-th validation, one image per layer
 (`attn/<layer>/maps`), one heatmap per head."""
 
@@ -11,7 +11,7 @@ from torch import Tensor
 from attn_lightning.analysis.plots import attention_heads, figure_rgb
 from attn_lightning.analysis.probe import probe
 from attn_lightning.callbacks.validation_probe import EveryNValidations, first_validation_inputs
-from attn_lightning.loggers import log_image, media_loggers
+from attn_lightning.training.loggers import log_image, media_loggers
 
 
 class AttentionMaps(L.Callback):

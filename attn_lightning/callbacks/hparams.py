@@ -23,8 +23,8 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from attn_lightning.analysis.report import flatten
-from attn_lightning.loggers import log_run_parameters
-from attn_lightning.run_record import chosen_option, class_name
+from attn_lightning.runs.record import chosen_option, class_name
+from attn_lightning.training.loggers import log_run_parameters
 from attn_lightning.training.metrics import ANSWER_METRICS, METRICS
 
 Scalar = bool | int | float | str

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from attn_lightning.run_record import update_record
+from attn_lightning.runs.record import update_record
 
 MIB = 2**20
 PROC_STATUS = Path("/proc/self/status")

@@ -16,13 +16,11 @@ class ProgressBar(RichProgressBar):
 
     Lightning's bar reads every progress-bar metric after each training step as a Python float
     (a device sync per step on an accelerator). Ours are logged only on the steps the loggers
-    write (lit_module.py, the callbacks), so reading them in between shows nothing new; a metric
-    a user logs every step shows its value as of the last logging step, as the logs do. On this
-    project's CPU a step is ~70 ms, so a time limit alone still read nearly every step: the
-    read and the step count's update were ~0.3 ms a step (a py-spy profile of the default
-    preset: 0.24% of the step at 1 thread). The step count still advances every step, and
-    validation's metrics are read when it ends, as Lightning does. With `log_every_n_steps: 0`
-    (no logging) the metrics are read by the time limit alone.
+    write (training/lit_module.py, the callbacks), so reading them in between shows nothing
+    new, and on a fast step a time limit alone would still read nearly every step. A metric a
+    user logs every step shows its value as of the last logging step, as the logs do. The step
+    count still advances every step, and validation's metrics are read when it ends, as
+    Lightning does. With `log_every_n_steps: 0` (no logging) the time limit alone applies.
     """
 
     def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 """report.md in the run dir at the end of fit (and again at the end of test): configuration,
 final metrics, loss curves, attention patterns, entropy and distance per head, a text sample.
 What only this report computes (attention pattern, statistics, layer-0 mask) goes into the run's
-record too, for the sweep comparison's figures (run_record.py); train() records the rest.
+record too, for the sweep comparison's figures (runs/record.py); train() records the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from attn_lightning.analysis.report import render_report
 from attn_lightning.analysis.stats import LOCAL_WINDOW, head_statistics
 from attn_lightning.atomic import write_text
 from attn_lightning.callbacks.validation_probe import first_validation_inputs
-from attn_lightning.run_record import (
+from attn_lightning.runs.record import (
     attention_layout,
     layout_label,
     update_record,

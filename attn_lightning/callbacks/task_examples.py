@@ -1,5 +1,5 @@
 """A few decoded task examples (prompt, expected, produced) at each validation, logged as a
-markdown table (TensorBoard's Text tab, an MLflow artifact, a W&B table: loggers.py)."""
+markdown table (TensorBoard's Text tab, an MLflow artifact, a W&B table: training/loggers.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from attn_lightning.data.interface import IGNORE, LanguageModelData
-from attn_lightning.loggers import log_text, media_loggers
 from attn_lightning.training.answers import greedy_answers
+from attn_lightning.training.loggers import log_text, media_loggers
 
 
 def example_rows(

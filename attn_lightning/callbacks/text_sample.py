@@ -1,5 +1,5 @@
 """A text sample from a fixed prompt at each validation, logged as text (TensorBoard's Text tab,
-an MLflow artifact, a W&B table: loggers.py)."""
+an MLflow artifact, a W&B table: training/loggers.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from attn_lightning.errors import ConfigError
-from attn_lightning.loggers import log_text, media_loggers
 from attn_lightning.model.sampling import Sampler
+from attn_lightning.training.loggers import log_text, media_loggers
 
 
 class TextSample(L.Callback):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from helpers import ATTENTION_SHAPE, small_attention
 
-from attn_lightning.variants import variant_names
+from attn_lightning.attention.registry import variant_names
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

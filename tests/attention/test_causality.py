@@ -8,8 +8,8 @@ import torch
 from helpers import ATTENTION_SHAPE as SHAPE
 from helpers import small_attention
 
+from attn_lightning.attention.registry import variant_names
 from attn_lightning.model.gpt import GPT
-from attn_lightning.variants import variant_names
 
 T = SHAPE["block_size"]
 CUTS = [0, 6, 7, 8, 15, 16, 24]  # chunk / segment / block boundaries are multiples of 8

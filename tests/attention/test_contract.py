@@ -23,15 +23,14 @@ from attn_lightning.analysis.contract import (
     TIMING,
     CheckResult,
     ContractSizes,
-    TimingSizes,
     check_decoding_state,
-    check_timing,
     one_thread,
     run_contract,
     table,
 )
 from attn_lightning.attention.kv_cache import KVCache
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.bench.contract_timing import TimingSizes, check_timing
 
 SIZES = ContractSizes(
     n_embd=ATTENTION_SHAPE["n_embd"],

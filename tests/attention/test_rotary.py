@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from attn_lightning.attention.registry import build_attention
 from attn_lightning.attention.rope import RotaryEmbedding
 from attn_lightning.attention.vanilla import VanillaAttention
-from attn_lightning.variants import build_attention
 
 
 def test_scores_depend_only_on_relative_position() -> None:

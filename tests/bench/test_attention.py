@@ -13,13 +13,13 @@ import torch
 from helpers import REPO_ROOT
 
 from attn_lightning.analysis.scaling import crossover_length, fit_points, scaling_exponent
+from attn_lightning.attention.registry import variant_names
 from attn_lightning.bench.attention import main
 from attn_lightning.bench.attention.memory_ledger import StorageLedger
 from attn_lightning.bench.attention.report import write_outputs
 from attn_lightning.bench.attention.settings import Settings
 from attn_lightning.bench.attention.sweep import run
 from attn_lightning.errors import UserError
-from attn_lightning.variants import variant_names
 
 TINY = {"batch_size": 1, "heads": 2, "head_dim": 8, "repeats": 1, "warmup": 0}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -13,9 +13,9 @@ import types
 import pytest
 import torch
 
+from attn_lightning.attention.registry import build_attention
 from attn_lightning.bench import _kernel_references as refs
 from attn_lightning.bench._fla_kernels import FLA_VARIANTS, fla_core
-from attn_lightning.variants import build_attention
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fla") is None, reason="needs flash-linear-attention (the gpu extra)"

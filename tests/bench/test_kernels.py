@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attn_lightning.attention.registry import build_attention
 from attn_lightning.bench import _kernel_references as refs
 from attn_lightning.bench.attention.sweep import row_cosine
 from attn_lightning.bench.kernels import Entry, main, table
-from attn_lightning.variants import build_attention
 
 
 def test_our_performer_given_performer_pytorchs_projection_computes_its_function() -> None:

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from attn_lightning.analysis.flops import flops_per_token, known_peak_flops, mfu
 from attn_lightning.callbacks.throughput import TokenThroughput
-from attn_lightning.lit_module import LitGPT
+from attn_lightning.training.lit_module import LitGPT
 
 TOKENIZER = {"_target_": "attn_lightning.data.char_tokenizer.CharTokenizer", "chars": "abcdefgh"}
 

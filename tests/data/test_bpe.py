@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from attn_lightning.data.bpe_tokenizer import BPETokenizer
 from attn_lightning.data.shakespeare import ShakespeareDataModule
-from attn_lightning.lit_module import LitGPT
+from attn_lightning.training.lit_module import LitGPT
 
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 VOCAB = 512

@@ -219,8 +219,8 @@ def test_preset_composes_with_the_model_following_the_data():
 
 
 def test_comparison_lists_the_accuracy_of_each_test_setting_in_length_order(tmp_path):
-    from attn_lightning.analysis.comparison_columns import Sweep, test_split_accuracies
-    from attn_lightning.analysis.runs import Run
+    from attn_lightning.comparison.columns import Sweep, test_split_accuracies
+    from attn_lightning.comparison.runs import Run
 
     series = {
         "test/answer_token_acc": [(9, 0.6)],

@@ -11,14 +11,14 @@ import pytest
 import torch
 from helpers import TINY, run_cli, run_dirs, run_module, small_attention
 
-from attn_lightning.analysis.comparison_columns import attention_name, is_vanilla
-from attn_lightning.analysis.runs import Run
 from attn_lightning.attention.linear import LinearAttention
 from attn_lightning.attention.vanilla import VanillaAttention
-from attn_lightning.checkpoint import load_checkpoint
+from attn_lightning.comparison.columns import attention_name, is_vanilla
+from attn_lightning.comparison.runs import Run
 from attn_lightning.errors import ConfigError
 from attn_lightning.model.gpt import GPT
-from attn_lightning.run_record import RunRecord, layout_label
+from attn_lightning.runs.checkpoint import load_checkpoint
+from attn_lightning.runs.record import RunRecord, layout_label
 
 SHAPE = {"n_head": 4, "n_embd": 32, "block_size": 32}
 

@@ -11,10 +11,10 @@ import torch
 from helpers import quiet_trainer, tiny_text_datamodule
 from hydra import compose, initialize_config_dir
 
-from attn_lightning.checkpoint import load_checkpoint
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.train import build_module
+from attn_lightning.runs.checkpoint import load_checkpoint
+from attn_lightning.training.builders import build_module
+from attn_lightning.training.lit_module import LitGPT
 
 TINY_MODEL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "data.block_size=16"]
 

@@ -11,12 +11,12 @@ import torch
 from helpers import quiet_trainer, tiny_lit_gpt, tiny_text_datamodule
 from hydra import compose, initialize_config_dir
 
-from attn_lightning.checkpoint import load_checkpoint
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.char_tokenizer import CharTokenizer
 from attn_lightning.data.shakespeare import ShakespeareDataModule
-from attn_lightning.lit_module import LitGPT
-from attn_lightning.train import build_module
+from attn_lightning.runs.checkpoint import load_checkpoint
+from attn_lightning.training.builders import build_module
+from attn_lightning.training.lit_module import LitGPT
 
 # `optim` as checkpoints before conf/optim/ saved it: AdamW's settings, schedule and policy.
 FLAT_OPTIM = {

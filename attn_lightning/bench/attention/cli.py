@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from attn_lightning.attention.registry import variant_names
 from attn_lightning.bench.attention.report import write_outputs
 from attn_lightning.bench.attention.settings import (
     BASELINE,
@@ -30,7 +31,6 @@ from attn_lightning.bench.attention.settings import (
 )
 from attn_lightning.bench.attention.sweep import run
 from attn_lightning.errors import UserError, exit_on_user_error
-from attn_lightning.variants import variant_names
 
 
 def available_memory() -> float:

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from attn_lightning.attention.registry import variant_names, variant_options
 from attn_lightning.errors import UserError
-from attn_lightning.variants import variant_names, variant_options
 
 MiB = 2**20
 GiB = 2**30

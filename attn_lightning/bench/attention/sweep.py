@@ -15,10 +15,10 @@ from torch import Tensor
 
 from attn_lightning.analysis.stats import exact_softmax
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.registry import build_attention
 from attn_lightning.bench.attention.memory_ledger import peak_memory
 from attn_lightning.bench.attention.settings import DTYPES, GiB, MiB, Settings
 from attn_lightning.bench.attention.timing import MeasurementTimeout, time_calls
-from attn_lightning.variants import build_attention
 
 
 @dataclass

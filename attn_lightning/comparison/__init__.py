@@ -1,0 +1,1 @@
+"""Comparing runs and sweeps: arms, the protocol, statistics, tables and plots."""

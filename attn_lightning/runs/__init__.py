@@ -1,0 +1,1 @@
+"""The run directory's life: checkpoints, resuming, the run record."""
