@@ -78,10 +78,12 @@ def module_for(text: str, attention: str, pos_embedding: str, **options) -> LitG
         "linformer": "attn_lightning.attention.linformer.LinformerAttention",
         "nystrom": "attn_lightning.attention.nystrom.NystromAttention",
     }[attention]
-    optim = {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 0, "decay_steps": 30}
+    optim = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-3}
     optim |= {"betas": [0.9, 0.99], "weight_decay": 0.0}
+    schedule = {"min_lr": 3e-4, "warmup_steps": 0, "decay_steps": 30}
     tokenizer = CharTokenizer.from_text(text).state_dict()
-    return LitGPT(model, {"_target_": target, "_partial_": True, **options}, optim, tokenizer)
+    attention_config = {"_target_": target, "_partial_": True, **options}
+    return LitGPT(model, attention_config, optim, tokenizer, schedule=schedule)
 
 
 def save_untrained(path: Path, module: LitGPT) -> Path:
@@ -232,7 +234,7 @@ def test_every_variant_extends_past_training_or_is_refused() -> None:
     earlier logit), or is refused: Linformer (compressions sized by block_size) and
     Nyströmformer (segments of block_size / num_landmarks) alone."""
     tokenizer = CharTokenizer("abcdefgh").state_dict()
-    optim = {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 0, "decay_steps": 1}
+    optim = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
     optim |= {"betas": [0.9, 0.99], "weight_decay": 0.0}
     model = {"_target_": "attn_lightning.model.gpt.GPT", "n_layer": 1, "n_head": 4}
     model |= {"n_embd": 32, "block_size": 32, "pos_embedding": "none"}

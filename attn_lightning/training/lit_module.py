@@ -24,7 +24,7 @@ from attn_lightning.model.gpt import GPT
 from attn_lightning.training.answers import exact_matches, greedy_answers
 from attn_lightning.training.metrics import StageMetrics
 from attn_lightning.training.nonfinite import NonFiniteLossGuard
-from attn_lightning.training.optim import check_optim, optimizer_with_schedule, upgrade_legacy_optim
+from attn_lightning.training.optim import check_optim, optimizer_with_schedule
 
 EVAL_STAGES = ("val", "test", "test_long")
 
@@ -38,8 +38,7 @@ class LitGPT(L.LightningModule):
             if given, must agree with it).
         attention: attention factory config (`_target_`, `_partial_: true`, hyperparameters).
         optim: the optimizer's `_partial_` config (`_target_: torch.optim.AdamW`, lr, betas,
-            weight_decay, ...: conf/optim/). The flat dict of older checkpoints (lr, min_lr,
-            warmup_steps, ..., on_nonfinite_loss) is read too (training/optim.py).
+            weight_decay, ...: conf/optim/).
         tokenizer: the tokenizer's state dict (`_target_` plus its vocabulary).
         layer_attention: {layer index: attention config} for the layers of a hybrid stack that
             do not use `attention` (None or empty: every layer does).
@@ -62,13 +61,11 @@ class LitGPT(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.optimizer_config, legacy_schedule, legacy_nonfinite = upgrade_legacy_optim(optim)
-        self.schedule = schedule if schedule is not None else legacy_schedule
+        self.optimizer_config = dict(optim)
+        self.schedule = schedule
         check_optim(self.optimizer_config, self.schedule)
         self.nonfinite = NonFiniteLossGuard(
-            legacy_nonfinite.get("on_nonfinite_loss", on_nonfinite_loss),
-            legacy_nonfinite.get("max_nonfinite_skips", max_nonfinite_skips),
-            self._last_checkpoint,
+            on_nonfinite_loss, max_nonfinite_skips, self._last_checkpoint
         )
         self.tokenizer = instantiate(tokenizer)
         vocab_size = self.tokenizer.vocab_size

@@ -26,27 +26,6 @@ from torch import nn
 
 from attn_lightning.errors import ConfigError
 
-# The keys of the flat `optim` dict that checkpoints written before conf/optim/ hold.
-LEGACY_SCHEDULE_KEYS = ("min_lr", "warmup_steps", "decay_steps")
-LEGACY_NONFINITE_KEYS = ("on_nonfinite_loss", "max_nonfinite_skips")
-
-
-def upgrade_legacy_optim(optim: Mapping[str, Any]) -> tuple[dict, dict | None, dict]:
-    """(optimizer config, schedule, non-finite policy) from the `optim` of a module's
-    hyperparameters: the flat AdamW dict of checkpoints written before conf/optim/ became a
-    group (lr, min_lr, warmup_steps, decay_steps, betas, weight_decay, on_nonfinite_loss,
-    max_nonfinite_skips) is split into the three; a current config comes back as it is."""
-    if "_target_" in optim:
-        return dict(optim), None, {}
-    optimizer = {
-        "_target_": "torch.optim.AdamW",
-        "_partial_": True,
-        **{k: v for k, v in optim.items() if k not in LEGACY_SCHEDULE_KEYS + LEGACY_NONFINITE_KEYS},
-    }
-    schedule = {k: optim[k] for k in LEGACY_SCHEDULE_KEYS if k in optim} or None
-    nonfinite = {k: optim[k] for k in LEGACY_NONFINITE_KEYS if k in optim}
-    return optimizer, schedule, nonfinite
-
 
 def optimizer_arguments(optim: Mapping[str, Any]) -> dict[str, Any]:
     """The optimizer's keyword arguments: the config minus Hydra's `_underscored_` keys."""
