@@ -12,8 +12,8 @@ merges them into what is there and rewrites the file atomically:
 - the run report: what only it computes (attention pattern, statistics, layer-0 mask).
 A run killed midway keeps `running`; a dir without the file has no record (`incomplete`).
 
-Records of earlier versions load as they are: a missing key is the field's default, a value of
-the wrong type too, and keys this version does not know are kept (and written back) untouched.
+Reading forgives a damaged file field by field: a missing key is the field's default, a value
+of the wrong type too, and a key that is no field is ignored.
 """
 
 from __future__ import annotations
@@ -65,12 +65,11 @@ class RunRecord:
     attention_pattern: list[list[float]] | None = None  # (T, T), mean over layers and heads
     attention_stats: dict[str, list[list[float]]] | None = None  # {name: [layer][head]}
     attention_mask: list[str] | None = None  # layer 0's (query, key) pairs, rows of '0'/'1'
-    extra: dict[str, Any] = field(default_factory=dict)  # keys of other versions, kept as found
 
     @property
     def variant(self) -> str:
-        """The attention variant by its config option (gqa and mqa share a class); records of
-        earlier versions have only the class name."""
+        """The attention variant by its config option (gqa and mqa share a class); its class
+        name where no option was recorded (a run outside Hydra's command line)."""
         return self.attention_option or class_name(self.attention.get("_target_"))
 
     @property
@@ -81,20 +80,18 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        """A record from summary.json's contents, whatever version wrote them."""
-        known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        """A record from summary.json's contents: fields of the wrong type are left empty."""
+        known = {f.name for f in dataclasses.fields(cls)}
         values = {k: _checked(k, v) for k, v in data.items() if k in known}
-        values = {k: v for k, v in values.items() if v is not None}
-        extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**values, extra=extra)
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        """summary.json's contents: the fields that hold something, and the unknown keys."""
+        """summary.json's contents: the fields that hold something."""
         defaults = RunRecord()
-        data = dict(self.extra)
+        data = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "extra" and value is not None and value != getattr(defaults, f.name):
+            if value is not None and value != getattr(defaults, f.name):
                 data[f.name] = value
         return data
 

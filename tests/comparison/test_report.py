@@ -155,9 +155,9 @@ def test_variants_sharing_a_class_are_told_apart_by_their_option_names():
     assert [r[2] for r in md_rows] == ["vanilla", "gqa", "mqa", "rotary"]  # run, status, attention
 
 
-def test_records_of_earlier_versions_still_compare(tmp_path: Path):
-    """summary.json as earlier versions wrote it: the class, no option name, keys unknown now."""
-    old = {
+def test_records_without_an_option_or_with_a_damaged_field_still_compare(tmp_path: Path):
+    """summary.json with the class but no option name, a key that is no field, a bad field."""
+    record = {
         "status": "completed",
         "error": None,
         "params": 1000.0,
@@ -165,19 +165,19 @@ def test_records_of_earlier_versions_still_compare(tmp_path: Path):
         "attention": {"_target_": VANILLA_CLASS, "_partial_": True},
         "metrics": {"val/loss": 2.0},
         "comparable": DATA,
-        "retired_key": [1, 2],
+        "unknown_key": [1, 2],
     }
     for job, params in (("0", 1000.0), ("1", "damaged")):
         write_run(tmp_path / job, [f"seed={job}"], None)
-        (tmp_path / job / "summary.json").write_text(json.dumps(old | {"params": params}))
+        (tmp_path / job / "summary.json").write_text(json.dumps(record | {"params": params}))
     runs = load_runs([tmp_path])
     rows = comparison_rows(runs)
-    assert [r["attention"] for r in rows] == ["VanillaAttention"] * 2  # the class, as before
+    assert [r["attention"] for r in rows] == ["VanillaAttention"] * 2  # the class
     assert rows[0]["params"] == 1000 and rows[0]["params_delta_pct"] == 0.0
     assert rows[1]["params"] is None and rows[1]["val_loss"] == 2.0  # one bad field only
     update_record(tmp_path / "0", status="failed")
     kept = json.loads((tmp_path / "0" / "summary.json").read_text())
-    assert kept["retired_key"] == [1, 2] and kept["status"] == "failed"
+    assert kept["status"] == "failed" and kept["params"] == 1000
 
 
 def test_every_figure_is_written_even_without_data(tmp_path: Path):
