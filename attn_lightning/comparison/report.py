@@ -42,7 +42,7 @@ from attn_lightning.comparison.plots import (
     pattern_panels,
     val_loss_curves,
 )
-from attn_lightning.comparison.protocol import write_protocol
+from attn_lightning.comparison.protocol_report import write_protocol
 from attn_lightning.comparison.runs import Run, load_runs
 from attn_lightning.comparison.tradeoff_plots import (
     STATE_FIGURE,

@@ -12,15 +12,15 @@ import pytest
 
 from attn_lightning.comparison.arms import group_arms, override_key
 from attn_lightning.comparison.columns import comparison_rows, differences
-from attn_lightning.comparison.protocol import (
+from attn_lightning.comparison.protocol import Protocol
+from attn_lightning.comparison.protocol_plots import seed_band
+from attn_lightning.comparison.protocol_report import (
     PROTOCOL_FIGURES,
-    Protocol,
     arm_rows,
     render_arms_csv,
     render_protocol_markdown,
     write_protocol,
 )
-from attn_lightning.comparison.protocol_plots import seed_band
 from attn_lightning.comparison.report import render_markdown
 from attn_lightning.comparison.runs import Run
 from attn_lightning.runs.record import RunRecord
@@ -107,7 +107,7 @@ def test_intervals_and_welch_marks_by_hand():
     # at t^2 = 1.5 gives P(T > t) = 0.5 - 1.2247 * 7.5 / (2 * 5.5^1.5) = 0.14393: p = 0.2879
     assert linear["vs_best"] == "≈ best" and linear["welch_p"] == pytest.approx(0.2879, abs=1e-4)
     # performer 8.0, 8.1, 8.2 vs 2, 3, 4: t = 5.1 / sqrt(1/3 + 0.01/3) = 8.790, df = 2.04
-    performer = protocol.tests["attention=performer"]
+    performer = protocol.verdicts["attention=performer"].test
     assert performer.t == pytest.approx(8.790, abs=1e-3)
     assert performer.df == pytest.approx(2.0400, abs=1e-3)
     assert rows["attention=performer"]["vs_best"] == "worse"
