@@ -105,7 +105,7 @@ def test_compare_cli_rebuilds_the_same_table(sweep, data_dir: Path):
     assert (cwd / sweep_dir / "attention_masks.png").read_bytes()[:8] == PNG
 
 
-@pytest.mark.slow  # 19 s: one more training run for an edge of the table
+@pytest.mark.slow  # one more training run for an edge of the table
 def test_the_comparison_needs_no_optional_callback(data_dir: Path, tmp_path: Path):
     """Without the run report the table still has the variant, its parameters and steps
     (train() records them); only the run report's own figures have no data."""

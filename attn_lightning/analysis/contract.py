@@ -5,7 +5,7 @@
 - the attention matrix (`forward(x, return_attn=True)`) is causal and equals the fast path;
 - incremental decoding (`new_cache()`, `forward(x, cache=...)`) equals full recomputation;
 - the decoding state: the bytes a cache holds per sequence at two lengths (a KV cache grows
-  with T, a recurrent state does not);
+  with T, a recurrent state does not).
 
 Pure functions of a module factory and sizes, returning results; no Hydra, no Lightning. A
 check that raises becomes a failed result carrying the error, so one broken method does not
@@ -302,8 +302,7 @@ CHECKS: dict[str, Callable[[CausalSelfAttention, ContractSizes], CheckResult]] =
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch on one thread inside: the correctness checks run tiny tensors, where a thread
-    pool only costs (on a busy 2-core CPU, 0.05 s of CPU per variant on one thread, 4 s on
-    two). The timing keeps the default, as the attention benchmark does."""
+    pool only adds overhead. The timing keeps the default, as the attention benchmark does."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -27,7 +27,7 @@ STEPS_TRAINED = "steps trained"
 
 
 def attention_name(run: Run) -> str:
-    """The run's variant by its config option (`gqa`; the class name in older records), with
+    """The run's variant by its config option (`gqa`; the class name in a record without one), with
     a hybrid stack's other layers (`gla+vanilla@1`)."""
     return run.record.attention_label if run.record else ""
 
@@ -42,7 +42,7 @@ def is_vanilla(run: Run) -> bool:
         return False
     if record.attention_option is not None:  # a hybrid stack is no vanilla reference
         return record.attention_label == VANILLA
-    return record.variant == "VanillaAttention"  # a record from before option names
+    return record.variant == "VanillaAttention"  # a record without an option name
 
 
 def reference_run(runs: Sequence[Run]) -> Run | None:
