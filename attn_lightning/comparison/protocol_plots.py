@@ -1,7 +1,7 @@
 """Figures of the comparison protocol: one line, point or curve per arm, with its spread over
 seeds drawn as the 95% Student t interval (the table's interval, comparison/student_t.py).
 
-Like comparison_plots.py, every function returns a figure even without data (a note says
+Like plots.py, every function returns a figure even without data (a note says
 what is missing), so the sweep dir always has the same files.
 """
 

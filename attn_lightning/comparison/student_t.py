@@ -9,7 +9,7 @@ dependency of this project and too heavy to add for two functions; torch's `Stud
 
 with I_x from its continued fraction (modified Lentz, Numerical Recipes §6.4), and the
 quantile is the CDF inverted by bisection. Both are checked against closed forms (ν = 1, 2, 4)
-and printed tables in tests/analysis/test_student_t.py.
+and printed tables in tests/comparison/test_student_t.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ recall) and against training throughput. One point per run, coloured by attentio
 
 Quality is the sweep's task accuracy when some run logged one (higher is better), else its
 validation loss (lower is better); the axis says which. Runs without either value are named
-below the plot, as in the other comparison figures (comparison_plots.py).
+below the plot, as in the other comparison figures (plots.py).
 """
 
 from __future__ import annotations
