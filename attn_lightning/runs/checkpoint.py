@@ -199,12 +199,13 @@ def listing(items: list[str], limit: int = 4) -> str:
 
 
 def tensor_shapes(state_dict: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shapes of a state dict's tensors (a module's extra state, a dict, has none)."""
     return {key: tuple(value.shape) for key, value in state_dict.items() if hasattr(value, "shape")}
 
 
 def weight_differences(module: torch.nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """The weights a module and a checkpoint (its tensors' shapes) disagree on."""
-    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    expected = tensor_shapes(module.state_dict())
     missing = [f"{key} missing" for key in expected if key not in shapes]
     unexpected = [f"{key} unexpected" for key in shapes if key not in expected]
     sizes = [
