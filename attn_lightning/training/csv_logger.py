@@ -77,9 +77,9 @@ class ResumableCSVLogger(CSVLogger):
     @rank_zero_only
     def save(self) -> None:
         """Write every `flush_logs_every_n_steps` steps. Lightning's trainer calls save() after
-        every log_metrics, and each write rewrites and fsyncs the whole file (~7.5 ms, ~2.5% of
-        a default-preset step at the default logging interval); each checkpoint and the end of
-        the run write too (`after_save_checkpoint`, `finalize`)."""
+        every log_metrics, and each write rewrites and fsyncs the whole file, a cost each step
+        would pay; each checkpoint and the end of the run write too (`after_save_checkpoint`,
+        `finalize`)."""
         pending = self.experiment.metrics
         due = pending and pending[-1]["step"] - self._written_step >= self._flush_logs_every_n_steps
         if due or self._checkpointed:

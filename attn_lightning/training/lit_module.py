@@ -74,7 +74,7 @@ class LitGPT(L.LightningModule):
                 f"model.vocab_size={model['vocab_size']} but the tokenizer has {vocab_size} "
                 "tokens: drop the override (the model follows the data config)"
             )
-        hybrid = {}  # only when given: a plain stack is built exactly as before
+        hybrid = {}  # only when given: a plain stack is GPT's own default
         if layer_attention:
             layers = {key: instantiate(cfg) for key, cfg in layer_attention.items()}
             hybrid["layer_attention"] = layers
@@ -107,8 +107,8 @@ class LitGPT(L.LightningModule):
     def compile_training_forward(self, **options: Any) -> None:
         """`compile=true`: training steps run the GPT through `torch.compile`. Only training:
         evaluation batches and decoding (one more token per call) have other shapes, each of
-        which would compile again (~40 s on a CPU). The compiled function is not a submodule,
-        so the weights keep their names (no `_orig_mod.` prefix in checkpoints)."""
+        which would compile again. The compiled function is not a submodule, so the weights
+        keep their names (no `_orig_mod.` prefix in checkpoints)."""
         self.compiled_forward = torch.compile(self.model.forward, **options)
 
     def training_forward(self, idx: Tensor, targets: Tensor):
@@ -122,10 +122,10 @@ class LitGPT(L.LightningModule):
         check_now = self.global_step % self.trainer.log_every_n_steps == 0
         if self.nonfinite.skip_batch(loss, self.global_step, check_now):
             return None  # Lightning skips backward and the optimizer step
-        # Only on the steps the loggers write (Lightning's own rule): self.log costs ~1% of a
-        # CPU step. Not on the progress bar: Lightning's own RichProgressBar (which a user may
+        # Only on the steps the loggers write (Lightning's own rule): self.log has a cost every
+        # step. Not on the progress bar: Lightning's own RichProgressBar (which a user may
         # configure instead of callbacks/progress_bar.py) reads its metrics every step, a device
-        # sync per step (25% of GPU throughput on the baby GPT).
+        # sync per step.
         if log_step:
             self.log("train/loss", loss)
         return loss

@@ -9,8 +9,8 @@ configure_optimizers after the model and trainer are built.
 
 torch's built-in schedulers chain a linear warm-up and a cosine decay only through
 SequentialLR, whose warm-up starts from a factor rather than nanoGPT's (step + 1) / (warmup + 1)
-and whose cosine ends at `eta_min` on a different step; the closed form below is the recipe
-the project's figures (and nanoGPT's) were measured with.
+and whose cosine ends at `eta_min` on a different step; the closed form below is nanoGPT's
+recipe, which the presets follow.
 """
 
 from __future__ import annotations
