@@ -4,7 +4,7 @@ Sampling is model/sampling.py's (temperature, top-k, top-p, min-p). The prompt i
 the contents of `prompt_file`; `num_samples` continuations are drawn in one batch; `stop` ends
 a sample where that string first appears in its generated text (the string itself is left
 out); `stream` prints the one sample as its tokens arrive; `compile` decodes with the compiled
-one-token step (model/gpt.py, IncrementalDecoder).
+one-token step (model/decoding.py, IncrementalDecoder).
 """
 
 from __future__ import annotations

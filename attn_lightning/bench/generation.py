@@ -37,7 +37,8 @@ from attn_lightning.analysis.state_size import decoding_state_bytes
 from attn_lightning.attention.registry import attention_factory
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import exit_on_user_error
-from attn_lightning.model.gpt import GPT, StaticCacheError
+from attn_lightning.model.decoding import StaticCacheError
+from attn_lightning.model.gpt import GPT
 from attn_lightning.training.builders import plain
 
 VOCAB_SIZE = 65

@@ -11,7 +11,8 @@ import torch
 
 from attn_lightning.analysis.state_size import cache_bytes, decoding_state_bytes
 from attn_lightning.attention.registry import attention_factory, variant_names, variant_options
-from attn_lightning.model.gpt import GPT, IncrementalDecoder
+from attn_lightning.model.decoding import IncrementalDecoder
+from attn_lightning.model.gpt import GPT
 
 N_LAYER, H, C, BLOCK = 2, 4, 32, 32
 D = C // H  # head dim 8

@@ -11,7 +11,8 @@ from helpers import small_attention
 
 from attn_lightning.attention.short_conv import ShortConvCache, ShortConvolution
 from attn_lightning.errors import ConfigError
-from attn_lightning.model.gpt import GPT, IncrementalDecoder
+from attn_lightning.model.decoding import IncrementalDecoder
+from attn_lightning.model.gpt import GPT
 
 T = SHAPE["block_size"]
 K = 3

@@ -14,16 +14,16 @@ import pytest
 import torch
 from helpers import small_attention
 
-import attn_lightning.model.gpt as gpt_module
+import attn_lightning.model.decoding as decoding
 from attn_lightning.bench import generation
 from attn_lightning.data.char_tokenizer import CharTokenizer
-from attn_lightning.model.gpt import (
-    GPT,
+from attn_lightning.model.decoding import (
     IncrementalDecoder,
     StaticCacheError,
     compiled_one_token_logits,
     one_token_logits,
 )
+from attn_lightning.model.gpt import GPT
 from attn_lightning.model.sampling import Sampler
 from attn_lightning.sample import generate_text
 
@@ -242,12 +242,12 @@ def test_on_a_torch_without_the_guard_skipping_stance_every_guard_is_checked(mon
 
     for set_stance in (old_set_stance, None):
         monkeypatch.setattr(torch.compiler, "set_stance", set_stance, raising=False)
-        gpt_module._skips_guard_eval.cache_clear()
-        with gpt_module.differentiating_guards_only() as entered:
+        decoding._skips_guard_eval.cache_clear()
+        with decoding.differentiating_guards_only() as entered:
             assert entered is None  # a null context, nothing asked of torch
     monkeypatch.undo()
-    gpt_module._skips_guard_eval.cache_clear()
-    assert gpt_module._skips_guard_eval()  # this torch (2.13) has it
+    decoding._skips_guard_eval.cache_clear()
+    assert decoding._skips_guard_eval()  # this torch (2.13) has it
 
 
 def test_a_torch_without_the_recompile_limit_exception_catches_nothing(monkeypatch):
@@ -255,5 +255,5 @@ def test_a_torch_without_the_recompile_limit_exception_catches_nothing(monkeypat
     with pytest.raises(RuntimeError):
         try:
             raise RuntimeError("some other failure")
-        except gpt_module.recompile_limit_hit():
+        except decoding.recompile_limit_hit():
             pass

@@ -10,7 +10,8 @@ from helpers import small_attention
 from attn_lightning.attention.kv_cache import KVCache
 from attn_lightning.attention.registry import variant_names
 from attn_lightning.bench import generation
-from attn_lightning.model.gpt import GPT, IncrementalDecoder
+from attn_lightning.model.decoding import IncrementalDecoder
+from attn_lightning.model.gpt import GPT
 
 SMALL = {"chunk_size": 4, "num_segments": 4, "num_landmarks": 4, "block": 4, "window": 5}
 BLOCK = 16
