@@ -122,7 +122,8 @@ def hydra_entry_point(
                 user_error = find_user_error(error)
                 key = re.search(r"full_key: (\S+)", str(error))
                 if user_error and key and key.group(1) not in str(user_error):
-                    raise ConfigError(f"{key.group(1)}: {user_error}") from error  # whose
+                    # the key whose value the constructor refused, when its message lacks it
+                    raise ConfigError(f"{key.group(1)}: {user_error}") from error
                 message = None if user_error else config_error_message(error)
                 if message is None:
                     raise

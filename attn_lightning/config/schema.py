@@ -8,7 +8,8 @@ train.yaml, `gpt_schema` in model/gpt.yaml, ...). Ranges and divisibility are th
 constructors' checks; relations between groups and the machine are `training/validate.py`'s.
 
 Enums are `Name`s, str enums that compare, print and format as their bare names; `plain()` in
-train.py turns them into plain strings before they reach constructors and checkpoints.
+training/builders.py turns them into plain strings before they reach constructors and
+checkpoints.
 """
 
 from __future__ import annotations
