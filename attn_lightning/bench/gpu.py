@@ -1,4 +1,4 @@
-"""Every GPU check in one command that fits one 10-minute device run.
+"""Every GPU check in one command, sized for one short device run.
 
     python -m attn_lightning.bench gpu [--parts model,attention,fla] [--output-dir DIR]
         [--device cpu --smoke] [overrides for the model part]
@@ -18,9 +18,9 @@ others still run (a device run is too scarce to lose to one broken part). Withou
 it stops in one line, unless `--device cpu --smoke`: the same code at toy sizes, to test the
 script before device time is spent on it.
 
-The model part reads TinyShakespeare, and a device machine has no internet: put the text in an
+The model part reads TinyShakespeare; on a device machine without internet, put the text in an
 ignored folder of the checkout (outputs/data/tinyshakespeare.txt), carry it with the run and set
-ATTN_LIGHTNING_DATA_DIR=outputs/data (README, "GPU").
+ATTN_LIGHTNING_DATA_DIR=outputs/data. attn_lightning/bench/README.md keeps the figures.
 """
 
 from __future__ import annotations

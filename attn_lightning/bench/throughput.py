@@ -7,13 +7,13 @@ Overrides are Hydra overrides of the training config (default: the CPU preset). 
 start from the same initial weights and see the same batches, so their final losses must be
 identical on CPU: the benchmark checks that before it prints the ratio. Lightning runs with the
 configured callbacks and loggers, as a user's run does; validation and the periodic
-checkpoint writes (file I/O, ~1-3% at the default interval) are left out of both.
+checkpoint writes (file I/O, not loop overhead) are left out of both.
 
 The loops alternate in blocks of `--block` steps inside one process (the plain loop runs from
 a callback between the Trainer's blocks), so both are timed in the same seconds: on a shared
-machine the speed drifts by tens of percent from one minute to the next, which back-to-back
-whole runs cannot separate from the loops' difference. Interleaving needs a model without
-dropout (the default presets), since both loops would draw from the one global RNG.
+machine the speed drifts from one minute to the next, and back-to-back whole runs cannot
+separate that drift from the loops' difference. Interleaving needs a model without dropout (the
+default presets), since both loops would draw from the one global RNG.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`python -m attn_lightning.bench attention`: the command line of the attention benchmark
-(`--help` lists every option with its default; README, "Attention cores against sequence
-length", says what the figures mean)."""
+(`--help` lists every option with its default; attn_lightning/bench/README.md says what the
+figures mean)."""
 
 from __future__ import annotations
 
