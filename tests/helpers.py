@@ -120,7 +120,7 @@ def run_entry_points(
     cases: list[tuple[str, list[str]]], cwd: Path, data_dir: Path | None
 ) -> list[dict[str, Any]]:
     """Each (module, argument list) through `module.main()`, all in one fresh interpreter:
-    what `python -m module args` prints and exits with, without paying the imports (~8 s)
+    what `python -m module args` prints and exits with, without paying the imports once
     per case. For inputs refused before any training (bad configs); a run that trains
     belongs in its own process (run_module)."""
     out_file = cwd / "entry_point_cases.json"

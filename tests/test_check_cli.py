@@ -95,7 +95,7 @@ def test_code_defaults_mirror_conf_check_yaml() -> None:
     assert timing == asdict(TimingSizes())
 
 
-@pytest.mark.slow  # a training run end to end (~30 s); run with -m slow
+@pytest.mark.slow  # a training run end to end; run with -m slow
 def test_bring_your_own_attention_checks_trains_and_samples_with_trust(
     tmp_path: Path, data_dir: Path
 ) -> None:

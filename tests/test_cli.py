@@ -101,7 +101,7 @@ def test_checkpoint_alone_rebuilds_model_and_samples_text(single_run: Path, data
     assert sample(cfg) == first.removesuffix("\n")  # same seed, same text
 
 
-@pytest.mark.slow  # 33 s; test_compare's sweep fixture runs a multirun by default
+@pytest.mark.slow  # test_compare's sweep fixture runs a multirun by default
 def test_multirun_gives_one_dir_per_job(data_dir: Path, tmp_path: Path):
     run_cli(
         "attn_lightning",
@@ -125,7 +125,7 @@ def test_ddp_cpu_run_writes_one_dir_and_logs_from_rank_zero(data_dir: Path, tmp_
     assert acc.Scalars("train/tokens_seen")[-1].value == 2 * 12 * 4 * 32
 
 
-@pytest.mark.slow  # 40 s: two DDP jobs of two processes each; the single DDP run stays default
+@pytest.mark.slow  # two DDP jobs of two processes each; the single DDP run stays default
 def test_ddp_cpu_multirun_children_do_not_start_sweeps(data_dir: Path, tmp_path: Path):
     run_cli(
         "attn_lightning",

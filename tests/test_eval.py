@@ -132,7 +132,7 @@ def trained_run(corpus, tmp_path_factory) -> tuple[Path, float]:
 
 def eval_config(tmp: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        # no plot (2 s of matplotlib here) unless a test asks for it
+        # no plot (matplotlib is slow) unless a test asks for it
         options = [f"output_dir='{tmp}'", "device=cpu", "plot=false"]
         return compose("eval", overrides=[*options, *overrides])
 
@@ -318,7 +318,7 @@ def test_bad_input_is_one_line_and_exit_2(corpus, tmp_path, capsys, override, sa
     assert says in refusal(cfg, capsys)
 
 
-@pytest.mark.slow  # a subprocess: imports alone take ~10 s on the shared 2-core CPU
+@pytest.mark.slow  # a subprocess, paying every import
 def test_the_cli_refuses_in_one_line(corpus, tmp_path) -> None:
     ckpt = save_untrained(tmp_path / "learned.ckpt", module_for(corpus[1], "vanilla", "learned"))
     proc = run_module("attn_lightning.eval", [f"ckpts=[{ckpt}]", "lengths=[64]"], tmp_path, None)
@@ -327,7 +327,7 @@ def test_the_cli_refuses_in_one_line(corpus, tmp_path) -> None:
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow  # two subprocesses: a training run of the CLI, then the eval CLI (~1-2 min here)
+@pytest.mark.slow  # two subprocesses: a training run of the CLI, then the eval CLI
 def test_the_cli_reproduces_the_recorded_test_loss(corpus, tmp_path) -> None:
     """As a user runs it: train (TINY, pos none + ALiBi), then `attn_lightning.eval` on the run
     dir at the default length: the loss equals summary.json's test/loss."""

@@ -24,7 +24,7 @@ def final_csv_values(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
 
 
-@pytest.mark.slow  # 20 s: a two-job sweep for the HParams tab
+@pytest.mark.slow  # a two-job sweep for the HParams tab
 def test_hparams_tab_pairs_hyperparameters_with_final_metrics(data_dir: Path, tmp_path: Path):
     run_cli("attn_lightning", [*TINY, "attention=performer", "optim.lr=0.002"], tmp_path, data_dir)
     (run_dir,) = run_dirs(tmp_path / "outputs")

@@ -61,7 +61,7 @@ def test_vocabulary_split_and_round_trip(data_dir: Path):
 def test_the_real_corpus_has_the_pinned_digest_and_the_generated_stand_ins_characters(
     shakespeare_path: Path,
 ):
-    """The config's sha256 pins the text the README's figures come from, and the stand-in
+    """The config's sha256 pins the text (char-rnn's TinyShakespeare), and the stand-in
     corpus of the other tests has exactly its characters (so the same vocabulary size)."""
     pinned = OmegaConf.load(Path(CONFIG_DIR) / "data" / "shakespeare.yaml").sha256
     assert sha256_of(shakespeare_path) == pinned == SHA256

@@ -46,7 +46,7 @@ class Losses(L.Callback):
         self.seen.append(float(outputs["loss"]))
 
 
-@pytest.mark.slow  # compiling the tiny GPT's forward and backward: ~60 s on a shared CPU core
+@pytest.mark.slow  # compiling the tiny GPT's forward and backward
 def test_compiled_training_gives_eager_losses_and_a_loadable_checkpoint(tmp_path: Path):
     dm = tiny_text_datamodule(tmp_path)
     losses = {}

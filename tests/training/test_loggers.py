@@ -67,7 +67,7 @@ def csv_steps(run_dir: Path, metric: str) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(f) if row[metric]]
 
 
-@pytest.mark.slow  # ~50 s: MLflow's import and its SQLite store's creation
+@pytest.mark.slow  # MLflow's import and its SQLite store's creation
 def test_mlflow_run_leaves_metrics_params_tags_and_media_in_its_local_store(data_dir, tmp_path):
     pytest.importorskip("mlflow", reason="logger=mlflow needs the loggers extra")
     from mlflow.tracking import MlflowClient
@@ -95,7 +95,7 @@ def test_mlflow_run_leaves_metrics_params_tags_and_media_in_its_local_store(data
     assert any("attn~0~maps" in path and path.endswith(".png") for path in images), images
 
 
-@pytest.mark.slow  # ~25 s: W&B's service process
+@pytest.mark.slow  # W&B's service process
 def test_wandb_offline_run_keeps_text_and_images_in_the_run_dir(data_dir, tmp_path):
     pytest.importorskip("wandb", reason="logger=wandb needs the loggers extra")
     args = [*TINY, "logger=wandb", "logger.wandb.tags=[test]", "test=false"]
