@@ -5,14 +5,14 @@ recomputation of the cropped context for every new token.
         [--prompt-len 64] [--new-tokens 512] [--repeats 3] [--block-size N] [--compile]
 
 Model sizes default to the training config (conf/model/gpt.yaml, block size from the data
-config; random init, vocabulary 65). Both modes decode
-greedily from the same prompt; the table says whether they produced the same tokens, and
-how many bytes per sequence the decoding state holds at the full block size
-(analysis/state_size.py). `--compile` adds compiled incremental decoding (`generate(...,
-compile=True)`: each one-token step one torch.compile'd call) as a third mode in the same
-interleaved rounds: its tokens/s, its ratio to eager incremental, the seconds its first call
-spent compiling (first call minus a timed one; not in the tokens/s), and whether its tokens
-equal eager incremental decoding's. A variant without a fixed-shape cache shows n/a there.
+config; random init, vocabulary 65). Both modes decode greedily from the same prompt; the table
+says whether they produced the same tokens, and how many bytes per sequence the decoding state
+holds at the full block size (analysis/state_size.py). `--compile` adds compiled incremental
+decoding (`generate(..., compile=True)`: each one-token step one torch.compile'd call) as a
+third mode in the same interleaved rounds: its tokens/s, its ratio to eager incremental, the
+seconds its first call spent compiling (first call minus a timed one; not in the tokens/s), and
+whether its tokens equal eager incremental decoding's. A variant without a fixed-shape cache
+shows n/a there.
 
 Note on the default regime: with block_size 64 and a 64-token prompt the context is cropped
 from the first new token on. Full recomputation then sees a window that starts one token later
