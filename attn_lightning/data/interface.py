@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 import lightning as L
 
+from attn_lightning.errors import ConfigError
+
 IGNORE = -100  # targets the loss and the metrics skip (PyTorch's cross_entropy default)
 
 
@@ -31,3 +33,34 @@ class LanguageModelData(L.LightningDataModule):
     test_splits: tuple[str, ...] = ("test",)  # a class constant, or set per instance
     tokenizer: Any  # encode(str) -> Tensor, decode(ids) -> str, vocab_size, state_dict()
     block_size: int  # tokens per input sequence; the model must hold at least this many
+
+
+class SyntheticData(LanguageModelData):
+    """What the synthetic datamodules share: generated training batches drawn afresh each step
+    from `seed`, fixed evaluation examples drawn from `eval_seed` (the same whatever the training
+    seed), and the fraction of the example space held out for them."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        batch_size: int,
+        eval_batch_size: int,
+        sizes: dict[str, int],
+        eval_fraction: float,
+        seed: int,
+        eval_seed: int,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
+        if not 0.0 < eval_fraction < 0.5:
+            raise ConfigError(f"data.eval_fraction must be in (0, 0.5), got {eval_fraction}")
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.sizes = sizes  # fixed examples per evaluation split
+        self.eval_fraction = eval_fraction
+        self.seed = seed
+        self.eval_seed = eval_seed

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from attn_lightning.data.interface import LanguageModelData
+from attn_lightning.data.interface import SyntheticData
 from attn_lightning.data.mqar import MQARExamples, MQARSetting, draw_examples
 from attn_lightning.data.mqar_tokenizer import IntTokenizer
 from attn_lightning.data.step_batches import StepBatches, step_loader, step_position
@@ -132,7 +132,7 @@ class BatchList(Dataset):
         return self.batches[i]
 
 
-class MQARDataModule(LanguageModelData):
+class MQARDataModule(SyntheticData):
     """Multi-query associative recall over integer tokens (see the module docstring).
 
     `block_size` must hold the longest setting of training and test (checked here); the model
@@ -160,13 +160,19 @@ class MQARDataModule(LanguageModelData):
         seed: int = 1337,
         eval_seed: int = 0,
     ) -> None:
-        super().__init__()
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
         if val_size <= 0 or test_size <= 0:
             raise ConfigError("data.val_size and data.test_size must be positive")
-        if not 0.0 < eval_fraction < 0.5:
-            raise ConfigError(f"data.eval_fraction must be in (0, 0.5), got {eval_fraction}")
+        sizes = {"val": val_size, "test": test_size}
+        super().__init__(
+            vocab_size,
+            block_size,
+            batch_size,
+            eval_batch_size,
+            sizes,
+            eval_fraction,
+            seed,
+            eval_seed,
+        )
         if power_alpha <= 0:
             raise ConfigError(f"data.power_alpha must be > 0 (1 = uniform), got {power_alpha}")
         self.train_settings = settings_of(train_settings, "data.train_settings", vocab_size)
@@ -177,19 +183,11 @@ class MQARDataModule(LanguageModelData):
                 f"data.block_size={block_size} is shorter than the longest setting "
                 f"(seq_len {longest}); set data.block_size={longest}"
             )
-        self.vocab_size = vocab_size
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.sizes = {"val": val_size, "test": test_size}
         self.draw = {
             "vocab_size": vocab_size,
             "alpha": power_alpha,
             "random_non_queries": random_non_queries,
         }
-        self.eval_fraction = eval_fraction
-        self.seed = seed
-        self.eval_seed = eval_seed
         # test: every test setting; then each setting alone (an instance attribute: the
         # names come from the config)
         self.test_splits = ("test", *(f"test_{s.name}" for s in self.test_settings))

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from attn_lightning.data.char_tokenizer import CharTokenizer
-from attn_lightning.data.interface import IGNORE, LanguageModelData
+from attn_lightning.data.interface import IGNORE, SyntheticData
 from attn_lightning.data.step_batches import StepBatches, eval_loader, step_loader, step_position
 from attn_lightning.data.tasks import EOS, SEP, Task, split_of
 from attn_lightning.errors import ConfigError
@@ -89,7 +89,7 @@ def fixed_examples(
     )
 
 
-class TaskDataModule(LanguageModelData):
+class TaskDataModule(SyntheticData):
     """A synthetic task (`data.task`) served for training, validation, test and a
     length-generalisation test (`test_long`, reported under its own metric names).
 
@@ -120,11 +120,17 @@ class TaskDataModule(LanguageModelData):
         seed: int = 1337,
         eval_seed: int = 0,
     ) -> None:
-        super().__init__()
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
-        if not 0.0 < eval_fraction < 0.5:
-            raise ConfigError(f"data.eval_fraction must be in (0, 0.5), got {eval_fraction}")
+        sizes = {"val": val_size, "test": test_size, "test_long": test_long_size}
+        super().__init__(
+            vocab_size,
+            block_size,
+            batch_size,
+            eval_batch_size,
+            sizes,
+            eval_fraction,
+            seed,
+            eval_seed,
+        )
         if vocab_size != len(task.vocabulary):
             raise ConfigError(
                 f"data.vocab_size={vocab_size}, but the task's vocabulary "
@@ -139,14 +145,6 @@ class TaskDataModule(LanguageModelData):
                 f"data.block_size={self.required_block_size(task)}"
             )
         self.task = task
-        self.vocab_size = vocab_size
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.sizes = {"val": val_size, "test": test_size, "test_long": test_long_size}
-        self.eval_fraction = eval_fraction
-        self.seed = seed
-        self.eval_seed = eval_seed
 
     @staticmethod
     def required_block_size(task: Task) -> int:
