@@ -146,11 +146,12 @@ def checkpoint_dirs(callbacks: Sequence[Any], default_dir: Path | None = None) -
     return ", ".join(sorted(dirs)) or "(no checkpoint callback has a dirpath)"
 
 
-def best_checkpoint(
+def recorded_best_checkpoint(
     callbacks: Sequence[Any], trusted: Sequence[str], default_dir: Path | None = None
 ) -> Path:
-    """The best checkpoint that the first ModelCheckpoint recorded in the newest last
-    checkpoint (its `best_model_path`; looked for in its dirpath too, for a moved run dir)."""
+    """`ckpt_path=best`: the best checkpoint that the first ModelCheckpoint recorded in the
+    newest last checkpoint (its `best_model_path`; looked for in its dirpath too, for a moved
+    run dir). A run dir's best checkpoint without its callbacks is runs/paths.py's."""
     monitors = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
     if not monitors:
         raise ConfigError("ckpt_path=best needs a ModelCheckpoint callback (callbacks.*)")
@@ -211,7 +212,7 @@ def checkpoint_file(
             log.info("ckpt_path=last: resuming from %s", last)
         return last
     if requested == "best":
-        best = best_checkpoint(callbacks, trusted, default_dir)
+        best = recorded_best_checkpoint(callbacks, trusted, default_dir)
         log.info("ckpt_path=best: resuming from %s", best)
         return best
     if requested == "hpc":
