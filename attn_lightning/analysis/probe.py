@@ -38,6 +38,6 @@ def probe(model: nn.Module, idx: Tensor) -> list[LayerAttention]:
             hook.remove()
     layers = []
     for block, x, applied in zip(model.blocks, inputs, attentions, strict=True):
-        q, k, _ = block.attn.project(x)
-        layers.append(LayerAttention(applied, exact_softmax(q, block.attn.repeat_kv(k))))
+        q, k, _ = block.attn.core_inputs(*block.attn.split_heads(x))  # (B, H, T, D)
+        layers.append(LayerAttention(applied, exact_softmax(q, k)))
     return layers

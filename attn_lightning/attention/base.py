@@ -1,23 +1,30 @@
-"""What every attention variant shares: projections, heads, RoPE, dropout, decoding cache.
+"""What every attention variant shares: projections, heads, RoPE, short convolution,
+dropout, the decoding cache. Bring your own attention by subclassing `CausalSelfAttention`.
 
-A variant subclasses `CausalSelfAttention` and implements only its core, on (B, H, T, D)
-tensors whose k/v heads are already repeated to H:
+A variant implements its core on (B, H, T, D) tensors whose k/v heads are repeated to H:
 
-- `attend(q, k, v, g)`: the fast path;
-- `attention_matrix(q, k, g)`: the equivalent (B, H, T, T) matrix that the variant applies to v,
-  materialised only when a caller asks for attention weights;
-- optionally `gates(x)`: per-token gates g (B, H, T, G) computed from the layer's input x,
-  for recurrences whose decay or write strength depends on the token (GLA's α_t, DeltaNet's
-  β_t); the default is None, and every core then gets g = None;
-- optionally `new_cache()` + `decode(q, k, v, cache, g)`: incremental decoding. The default keeps
-  q, k and v of the window and recomputes the core over it (exact for any causal core, and it
-  still saves every projection and MLP of the past tokens); the softmax family keeps a KV
-  cache, the kernel family a recurrent state.
+- `attend(q, k, v, g)`: the output (B, H, T, D), the fast path;
+- `attention_matrix(q, k, g)`: the equivalent (B, H, T, T) matrix it applies to v, formed only
+  when a caller asks for weights: `forward(x, return_attn=True)` computes its output as
+  `attention_matrix(q, k, g) @ v`, so the weights shown are the ones that made the output;
+- optionally `gates(x)`: per-token gates g (B, H, T, G) from the layer input x (B, T, C), for a
+  core whose decay or write strength depends on the token (GLA's α_t, DeltaNet's β_t); the
+  default is None, and every hook then gets g = None;
+- optionally `_new_core_cache()` and `decode(q, k, v, cache, g)`: incremental decoding, where
+  decode gets the new tokens' q (B, H, T, D), k and v (B, H_kv, T, D: `_repeat_kv` repeats
+  them), RoPE applied, and its own cache, and returns their outputs. The default keeps q, k, v
+  of the window and recomputes `attend` over it (exact for any causal core without gates, and
+  it still saves every projection and MLP of the past tokens); the softmax family keeps a KV
+  cache, the kernel family a recurrent state;
+- optionally `_new_static_core_cache()`: a cache of fixed shapes for compiled decoding
+  (default None: the variant decodes eagerly).
 
-`forward(x)` is `split_heads` and `gates` -> `core` (RoPE, k/v heads repeated, `attend`) ->
-output projection; `forward(x, return_attn=True)` computes the output as
-`attention_matrix(q, k, g) @ v` instead, so the weights a caller sees are exactly the ones that
-produced the output.
+Callers use `forward`, `new_cache()` and `new_static_cache()` (the hooks' caches, with the short
+convolution's state added where the layer has one), `step(x, cache)` (decoding; `Block.step`
+calls it directly: a one-token step is dispatch-bound, and `forward` goes through `__call__`),
+and, to read or time the core, `split_heads(x)` and `core_inputs(q, k, v)`:
+
+    forward(x) = proj(attend(*core_inputs(*split_heads(x)), gates(x)))   (heads merged)
 
 Options every variant gets (conf/attention/gqa.yaml, mqa.yaml and rotary.yaml are vanilla
 attention with one of them set):
@@ -27,16 +34,13 @@ attention with one of them set):
 - `rope`: rotary position embedding on q and k (rope.py), cached already rotated.
 - `short_conv`: kernel size K of a depthwise causal convolution (+ SiLU) on the projected q, k
   and v, before heads are split and RoPE (short_conv.py; 0 = off). Its decoding state, the
-  layer's last K-1 projected inputs, rides next to the variant's cache: with short_conv,
-  `new_cache()` (whichever class defines it) returns a `ShortConvCache` holding both, and
-  `forward` hands the variant's `decode` only its own cache.
+  layer's last K-1 projected inputs, rides next to the core's cache in a `ShortConvCache`;
+  `decode` sees only the core's own.
 """
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,27 +53,8 @@ from attn_lightning.attention.short_conv import ShortConvCache, ShortConvolution
 from attn_lightning.errors import ConfigError
 
 
-def _with_conv_state(new_cache: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Wrap a `new_cache` so that a layer with short_conv gets its convolution's state too:
-    every caller (GPT, tests, tools) gets a working cache from `attn.new_cache()`."""
-
-    @functools.wraps(new_cache)
-    def wrapped(self: CausalSelfAttention) -> Any:
-        cache = new_cache(self)
-        if self.qkv_conv is None or isinstance(cache, ShortConvCache):
-            return cache  # off, or already wrapped by a parent's new_cache (super() call)
-        return ShortConvCache(cache)
-
-    return wrapped
-
-
 class CausalSelfAttention(nn.Module, ABC):
     """Multi-head causal self-attention with a pluggable core."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "new_cache" in vars(cls):  # a variant's own cache: add the conv state around it
-            cls.new_cache = _with_conv_state(vars(cls)["new_cache"])
 
     def __init__(
         self,
@@ -129,13 +114,13 @@ class CausalSelfAttention(nn.Module, ABC):
             raise ValueError(f"positions up to {T} exceed block_size {self.block_size}")
         q, k, v = self.split_heads(x)
         g = self.gates(x)  # (B, H, T, G) or None
+        q, k, v = self.core_inputs(q, k, v)  # (B, H, T, D)
         att = None
         if return_attn:
-            q, k, v = self.core_inputs(q, k, v)
             att = self.attention_matrix(q, k, g)  # (B, H, T, T)
             y = self.attn_dropout(att) @ v
         else:
-            y = self.core(q, k, v, g)
+            y = self.attend(q, k, v, g)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), att
 
@@ -161,8 +146,8 @@ class CausalSelfAttention(nn.Module, ABC):
         elif self.qkv_conv is not None:
             raise ValueError("a layer with short_conv decodes from its own new_cache()")
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # (B, T, (H + 2 H_kv) D)
-        q, k, v = self.split_qkv(qkv, conv_cache)
-        q, k = self.apply_rope(q, k, start)
+        q, k, v = self._split_qkv(qkv, conv_cache)
+        q, k = self._apply_rope(q, k, start)
         y = self.decode(q, k, v, cache, self.gates(x))  # (B, H, T, D)
         # (B, H, T, D) -> (B, T, C); for one token the same order of elements as it stands
         y = y.reshape(B, T, C) if T == 1 else y.transpose(1, 2).reshape(B, T, C)
@@ -175,9 +160,67 @@ class CausalSelfAttention(nn.Module, ABC):
         """(B, T, C) -> projected (and short-convolved) q (B, H, T, D), k and v
         (B, H_kv, T, D), before RoPE. With `conv_cache`, x continues the inputs it holds and
         the cache advances; without, x starts the sequence."""
-        return self.split_qkv(self.qkv(x), conv_cache)
+        return self._split_qkv(self.qkv(x), conv_cache)
 
-    def split_qkv(
+    def core_inputs(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Projected q (B, H, T, D), k, v (B, H_kv, T, D) at positions 0.. -> what `attend`
+        sees: RoPE on q and k, k/v heads repeated to H, all (B, H, T, D)."""
+        q, k = self._apply_rope(q, k)
+        return q, self._repeat_kv(k), self._repeat_kv(v)
+
+    def new_cache(self) -> Any:
+        """An empty decoding cache for this layer: the variant's (`_new_core_cache`), inside a
+        `ShortConvCache` with the convolution's state when the layer has short_conv."""
+        cache = self._new_core_cache()
+        return cache if self.qkv_conv is None else ShortConvCache(cache)
+
+    def new_static_cache(self) -> Any | None:
+        """A cache of fixed shapes whose count is a tensor (kv_cache.TensorLength), for
+        compiled decoding, or None: this layer decodes eagerly only (a variant without one,
+        or short_conv, whose state is not kept in fixed shapes)."""
+        return self._new_static_core_cache() if self.qkv_conv is None else None
+
+    # the hooks a variant implements (module docstring)
+
+    @abstractmethod
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
+        """Causal attention output (B, H, T, D) from q, k, v (B, H, T, D) and the gates."""
+
+    @abstractmethod
+    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
+        """The (B, H, T, T) matrix this variant applies to v."""
+
+    def gates(self, x: Tensor) -> Tensor | None:
+        """Per-token gates (B, H, T, G) from the layer input x (B, T, C), or None: the core
+        has no data-dependent gates (the default)."""
+        return None
+
+    def _new_core_cache(self) -> Any:
+        """The variant's empty decoding cache (default: q, k, v of the window, for `decode`'s
+        recomputation). Callers use `new_cache`."""
+        return QKVCache(self.block_size)
+
+    def _new_static_core_cache(self) -> Any | None:
+        """The variant's fixed-shape cache for compiled decoding, or None (the default).
+        Callers use `new_static_cache`."""
+        return None
+
+    def decode(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: Any, g: Tensor | None = None
+    ) -> Tensor:
+        """Outputs (B, H, T_new, D) of new tokens given the cache (k/v heads not repeated,
+        RoPE applied; g: the new tokens' gates); updates the cache.
+
+        Default: recompute the core over the cached window (exact for any causal core without
+        gates; a gated variant supplies its own recurrent decode)."""
+        T = q.size(2)
+        q_all = cache.update_q(q)
+        k_all, v_all = cache.update(k, v)
+        return self.attend(q_all, self._repeat_kv(k_all), self._repeat_kv(v_all))[:, :, -T:]
+
+    # helpers for the pipeline and for variants
+
+    def _split_qkv(
         self, qkv: Tensor, conv_cache: ShortConvCache | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """`split_heads` after the projection: qkv (B, T, (H + 2 H_kv) D) -> q, k, v."""
@@ -196,7 +239,7 @@ class CausalSelfAttention(nn.Module, ABC):
         q, k, v = heads.split_with_sizes([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         return q, k, v
 
-    def apply_rope(self, q: Tensor, k: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+    def _apply_rope(self, q: Tensor, k: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor]:
         """RoPE on q and k of the positions start.. , or of the positions a (T,) tensor `start`
         holds (unchanged without `rope`)."""
         if self.rope is None:
@@ -207,74 +250,18 @@ class CausalSelfAttention(nn.Module, ABC):
             positions = torch.arange(start, start + q.size(2), device=q.device)
         return self.rope(q, positions), self.rope(k, positions)
 
-    def project(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, C) at positions start.. -> q (B, H, T, D), k and v (B, H_kv, T, D); RoPE
-        applied to q and k. The inputs of the core (analysis tools read q and k here), short
-        convolution included (its window starts at x[:, 0]: zeros before it)."""
-        q, k, v = self.split_heads(x)
-        return (*self.apply_rope(q, k, start), v)
-
-    def core_inputs(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Projected q (B, H, T, D), k, v (B, H_kv, T, D) at positions 0.. -> what `attend`
-        sees: RoPE on q and k, k/v heads repeated to H, all (B, H, T, D)."""
-        q, k = self.apply_rope(q, k)
-        return q, self.repeat_kv(k), self.repeat_kv(v)
-
-    def core(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
-        """The fast path of `forward` between the projections, (B, H, T, D): `attend` on
-        `core_inputs`. The attention benchmark times exactly this."""
-        return self.attend(*self.core_inputs(q, k, v), g)
-
-    def gates(self, x: Tensor) -> Tensor | None:
-        """Per-token gates (B, H, T, G) from the layer input x (B, T, C), or None: the core
-        has no data-dependent gates (the default)."""
-        return None
-
-    def repeat_kv(self, x: Tensor) -> Tensor:
+    def _repeat_kv(self, x: Tensor) -> Tensor:
         """(B, H_kv, T, D) -> (B, H, T, D): each k/v head serves n_head // n_kv_head queries."""
         groups = self.n_head // self.n_kv_head
         return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+    def _decodes_as(self, owner: type) -> bool:
+        """Whether this class decodes with `owner`'s cache and decode, unchanged: what the
+        fixed-shape cache of `owner._new_static_core_cache` is exact for."""
+        cls = type(self)
+        return cls._new_core_cache is owner._new_core_cache and cls.decode is owner.decode
 
     @property
     def dropout_p(self) -> float:
         """Attention dropout probability for the fast path (zero in eval mode)."""
         return self.dropout if self.training else 0.0
-
-    @abstractmethod
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
-        """Causal attention output (B, H, T, D) from q, k, v (B, H, T, D) and the gates."""
-
-    @abstractmethod
-    def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
-        """The (B, H, T, T) matrix this variant applies to v."""
-
-    @_with_conv_state
-    def new_cache(self) -> Any:
-        """An empty decoding cache for this layer (default: keep q, k, v of the window);
-        with short_conv, inside a `ShortConvCache` (as every subclass's `new_cache`)."""
-        return QKVCache(self.block_size)
-
-    def new_static_cache(self) -> Any | None:
-        """A cache of fixed shapes whose count is a tensor (kv_cache.TensorLength), for
-        compiled decoding, or None: this variant decodes eagerly only (the default)."""
-        return None
-
-    def decodes_as(self, owner: type) -> bool:
-        """Whether this module decodes with `owner`'s cache and decode, unchanged and without a
-        short convolution: what `owner.new_static_cache` is exact for."""
-        cls = type(self)
-        same = cls.new_cache is owner.new_cache and cls.decode is owner.decode
-        return same and self.qkv_conv is None
-
-    def decode(
-        self, q: Tensor, k: Tensor, v: Tensor, cache: Any, g: Tensor | None = None
-    ) -> Tensor:
-        """Outputs (B, H, T_new, D) of new tokens given the cache (k/v heads not repeated,
-        RoPE applied; g: the new tokens' gates); updates the cache.
-
-        Default: recompute the core over the cached window (exact for any causal core without
-        gates; a gated variant supplies its own recurrent decode)."""
-        T = q.size(2)
-        q_all = cache.update_q(q)
-        k_all, v_all = cache.update(k, v)
-        return self.attend(q_all, self.repeat_kv(k_all), self.repeat_kv(v_all))[:, :, -T:]

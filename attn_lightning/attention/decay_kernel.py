@@ -228,13 +228,13 @@ class DecayAttention(CausalSelfAttention):
     def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         return decay_attention_matrix(self.scale(q), k, self.log_decay(q, g), self.chunk_size)
 
-    def new_cache(self) -> DecayState:
+    def _new_core_cache(self) -> DecayState:
         return DecayState()
 
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: DecayState, g: Tensor | None = None
     ) -> Tensor:
-        k, v, log_decay = self.repeat_kv(k), self.repeat_kv(v), self.log_decay(q, g)
+        k, v, log_decay = self._repeat_kv(k), self._repeat_kv(v), self.log_decay(q, g)
         if q.size(2) == 1:
             return recurrent_decay_attention(self.scale(q), k, v, log_decay, cache)
         scale = self.head_dim**-0.5

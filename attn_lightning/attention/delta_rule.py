@@ -237,14 +237,14 @@ class DeltaRuleAttention(CausalSelfAttention):
         beta, log_alpha = self.write_and_decay(g, q)
         return delta_rule_matrix(self.features(q), self.features(k), beta, log_alpha)
 
-    def new_cache(self) -> DeltaRuleState:
+    def _new_core_cache(self) -> DeltaRuleState:
         return DeltaRuleState()
 
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: DeltaRuleState, g: Tensor | None = None
     ) -> Tensor:
         beta, log_alpha = self.write_and_decay(g, q)
-        q, k, v = self.features(q), self.features(self.repeat_kv(k)), self.repeat_kv(v)
+        q, k, v = self.features(q), self.features(self._repeat_kv(k)), self._repeat_kv(v)
         if q.size(2) == 1:
             return recurrent_delta_rule(q, k, v, beta, log_alpha, cache)
         return chunked_delta_rule(q, k, v, beta, log_alpha, self.chunk_size, cache)

@@ -43,7 +43,7 @@ class GatedLinearAttention(DecayAttention):
         B, T, _ = x.shape
         logits = self.gate_up(self.gate_down(x)).view(B, T, self.n_kv_head, self.head_dim)
         log_alpha = F.logsigmoid(logits.transpose(1, 2)) / self.gate_temperature  # (B, H_kv, T, D)
-        return self.repeat_kv(log_alpha)
+        return self._repeat_kv(log_alpha)
 
     def log_decay(self, q: Tensor, g: Tensor | None) -> Tensor:
         return g  # the gates are already log α

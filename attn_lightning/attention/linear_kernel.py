@@ -124,19 +124,19 @@ class KernelAttention(CausalSelfAttention):
     def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         return linear_attention_matrix(self.features(q, True), self.features(k, False), self.eps)
 
-    def new_cache(self) -> LinearAttentionState:
+    def _new_core_cache(self) -> LinearAttentionState:
         return LinearAttentionState()
 
-    def new_static_cache(self) -> StaticLinearAttentionState | None:
+    def _new_static_core_cache(self) -> StaticLinearAttentionState | None:
         """The recurrent state is fixed-size: compiled decoding only counts in a tensor. None
-        for a subclass with its own cache or decode, and with short_conv."""
-        return StaticLinearAttentionState() if self.decodes_as(KernelAttention) else None
+        for a subclass with its own cache or decode."""
+        return StaticLinearAttentionState() if self._decodes_as(KernelAttention) else None
 
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: LinearAttentionState, g: Tensor | None = None
     ) -> Tensor:
-        q, k = self.features(q, True), self.features(self.repeat_kv(k), False)
-        v = self.repeat_kv(v)
+        q, k = self.features(q, True), self.features(self._repeat_kv(k), False)
+        v = self._repeat_kv(v)
         if q.size(2) == 1:
             return recurrent_linear_attention(q, k, v, self.eps, cache)
         return chunked_causal_linear_attention(q, k, v, self.chunk_size, self.eps, cache)

@@ -47,7 +47,7 @@ class ShortConvolution(nn.Module):
 
 class ShortConvCache:
     """A layer's decoding cache when it has a short convolution: the core's own cache (what
-    the variant's `new_cache` made, `core`) and the convolution's last K-1 inputs (`conv`)."""
+    the variant's `_new_core_cache` made, `core`) and the convolution's last K-1 inputs (`conv`)."""
 
     def __init__(self, core: Any) -> None:
         self.core = core

@@ -30,5 +30,5 @@ class SlidingWindowAttention(VanillaAttention):
         distance = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk)
         return (distance >= 0) & (distance < self.window)
 
-    def new_cache(self) -> KVCache:
+    def _new_core_cache(self) -> KVCache:
         return KVCache(min(self.window, self.block_size))

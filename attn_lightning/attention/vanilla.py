@@ -67,15 +67,14 @@ class VanillaAttention(CausalSelfAttention):
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
         return F.softmax(scores + self.score_bias(pos, pos), dim=-1)
 
-    def new_cache(self) -> KVCache:
+    def _new_core_cache(self) -> KVCache:
         return KVCache(self.block_size)
 
-    def new_static_cache(self) -> StaticKVCache | None:
+    def _new_static_core_cache(self) -> StaticKVCache | None:
         """Compiled decoding's cache: block_size preallocated positions, a step attending over
         those held, masked by `score_bias` (exact for every mask and bias of the family). None
-        for a subclass with its own cache or decode (sliding window keeps a window), and with
-        short_conv."""
-        return StaticKVCache(self.block_size) if self.decodes_as(VanillaAttention) else None
+        for a subclass with its own cache or decode (sliding window keeps a window)."""
+        return StaticKVCache(self.block_size) if self._decodes_as(VanillaAttention) else None
 
     def decode(
         self,
@@ -86,7 +85,7 @@ class VanillaAttention(CausalSelfAttention):
         g: Tensor | None = None,
     ) -> Tensor:
         k_all, v_all = cache.update(k, v)  # (B, H_kv, T_k, D)
-        k_all, v_all = self.repeat_kv(k_all), self.repeat_kv(v_all)
+        k_all, v_all = self._repeat_kv(k_all), self._repeat_kv(v_all)
         if isinstance(cache, StaticKVCache):  # the slots held; the mask: those after q (prefill)
             k_pos = cache.key_positions(k_all.size(2), q.device)
             bias = self.score_bias(cache.query_positions(), k_pos).to(q.dtype)  # (1 or H, T, L)

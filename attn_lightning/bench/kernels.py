@@ -1,13 +1,14 @@
 """`python -m attn_lightning.bench kernels`: our linear-family cores raced against SDPA and the
 public implementations (_kernel_references.py) at one shape, in one run.
 
-Each entry is a forward + backward of the attention core only (ours: `core(q, k, v, gates(x))`,
-gates included), timed in interleaved rounds after warm-up so that machine drift hits all
-alike; the table gives medians, our time over theirs, and, where both compute the same
-function, the mean row cosine of the two outputs on the same inputs: our Performer given
-performer-pytorch's projection against its `FastAttention(causal=True)` (the feature maps
-differ only by constant factors and performer-pytorch's stabiliser, +1e-4 on every feature),
-and our linear attention against fla's chunked reference on the same elu + 1 features.
+Each entry is a forward + backward of the attention core only (ours:
+`attend(*core_inputs(q, k, v), gates(x))`, gates included), timed in interleaved rounds after
+warm-up so that machine drift hits all alike; the table gives medians, our time over theirs,
+and, where both compute the same function, the mean row cosine of the two outputs on the same
+inputs: our Performer given performer-pytorch's projection against its
+`FastAttention(causal=True)` (the feature maps differ only by constant factors and
+performer-pytorch's stabiliser, +1e-4 on every feature), and our linear attention against
+fla's chunked reference on the same elu + 1 features.
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def build_entries(args: argparse.Namespace, log: Callable[[str], None]) -> list[
         entries.append(
             Entry(
                 f"ours: {name}",
-                fwd_bwd(lambda m=module: m.core(*leaves, m.gates(x)), leaves + params, grad),
+                fwd_bwd(
+                    lambda m=module: m.attend(*m.core_inputs(*leaves), m.gates(x)),
+                    leaves + params,
+                    grad,
+                ),
             )
         )
 

@@ -39,9 +39,9 @@ def manual_logits(model: GPT, idx: torch.Tensor, layer: int, heads: list[int]) -
             x = block(x)[0]
             continue
         attn = block.attn
-        q, k, v = attn.project(block.ln_1(x))
-        att = attn.attention_matrix(q, attn.repeat_kv(k))  # (B, H, T, T)
-        y = att @ attn.repeat_kv(v)  # (B, H, T, D)
+        q, k, v = attn.core_inputs(*attn.split_heads(block.ln_1(x)))  # (B, H, T, D)
+        att = attn.attention_matrix(q, k)  # (B, H, T, T)
+        y = att @ v  # (B, H, T, D)
         y[:, heads] = 0.0
         x = x + attn.proj(y.transpose(1, 2).reshape(*idx.shape, C))
         x = x + block.mlp(block.ln_2(x))

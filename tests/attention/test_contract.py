@@ -70,7 +70,7 @@ class WrongDecoding(VanillaAttention):
 class NoCache(VanillaAttention):
     """Its cache cannot be made: the decoding checks fail, the others still run."""
 
-    def new_cache(self) -> KVCache:
+    def _new_core_cache(self) -> KVCache:
         raise NotImplementedError("no decoding for this variant")
 
 

@@ -114,7 +114,7 @@ def test_grouped_heads_share_their_kv_heads_gate() -> None:
 def test_module_is_the_recurrence_and_decodes_like_its_forward() -> None:
     attn = layer().double()
     x = torch.randn(2, 29, 32, dtype=torch.float64)
-    q, k, v = attn.project(x)
+    q, k, v = attn.core_inputs(*attn.split_heads(x))
     log_alpha = attn.gates(x)
     expected, _ = paper_recurrence(q * 8**-0.5, k, v, log_alpha.exp())
     torch.testing.assert_close(attn.attend(q, k, v, log_alpha), expected)

@@ -101,16 +101,16 @@ def test_layer_with_short_conv_is_causal(variant: str) -> None:
 
 
 def test_the_convolution_is_used(variant: str) -> None:
-    """The output differs from the same weights without it, and project() gives the q, k, v
-    the core saw (conv included): attention_matrix on them reproduces the output."""
+    """The output differs from the same weights without it, and split_heads() gives the q, k,
+    v the core saw (conv included): attention_matrix on them reproduces the output."""
     torch.manual_seed(0)
     attn = small_attention(variant, short_conv=K)(**SHAPE).eval()
     x = torch.randn(2, T, SHAPE["n_embd"])
     y, _ = attn(x, return_attn=True)
     torch.testing.assert_close(y, attn(x)[0], rtol=1e-4, atol=1e-5)
-    q, k, v = attn.project(x)
+    q, k, v = attn.core_inputs(*attn.split_heads(x))
     g = attn.gates(x)
-    again = attn.attention_matrix(q, attn.repeat_kv(k), g) @ attn.repeat_kv(v)
+    again = attn.attention_matrix(q, k, g) @ v
     B, _, C = x.shape
     torch.testing.assert_close(attn.proj(again.transpose(1, 2).reshape(B, T, C)), y)
     plain = attn.qkv_conv

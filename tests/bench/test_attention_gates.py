@@ -1,5 +1,5 @@
-"""The attention benchmark passes a gated variant its gates: `core(q, k, v, g)` with
-g = gates(x) for a random x, inside the timed call, so the gates' backward is timed too."""
+"""The attention benchmark passes a gated variant its gates: `attend(*core_inputs(q, k, v), g)`
+with g = gates(x) for a random x, inside the timed call, so the gates' backward is timed too."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_training_records_the_decoding_state_and_the_comparison_shows_it(tmp_pat
 
 
 class BrokenCache(VanillaAttention):
-    def new_cache(self):
+    def _new_core_cache(self):
         raise RuntimeError("no cache here")
 
 

@@ -88,8 +88,8 @@ def quality(
 ) -> tuple[float, float]:
     """Cosine of the output and of the attention matrix to exact causal softmax on the same
     core inputs and gates (matrix NaN when B*H*T*T float32 values exceed matrix_limit bytes)."""
-    out = module.core(q, k, v, g)
-    q, k, v = module.core_inputs(q, k, v)  # what the core saw: RoPE, heads repeated
+    q, k, v = module.core_inputs(q, k, v)  # what the core sees: RoPE, heads repeated
+    out = module.attend(q, k, v, g)
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
     output_cosine = row_cosine(out, exact)
     B, H, T, _ = q.shape
@@ -163,7 +163,7 @@ def measure(
         def call() -> None:
             clear_grads()
             g = module.gates(x)  # (B, H, T, G) or None; in the call: its backward is timed too
-            module.core(*leaves, g).backward(grad)
+            module.attend(*module.core_inputs(*leaves), g).backward(grad)
 
         seconds = time_calls(call, settings.warmup, settings.repeats, settings.time_limit, device)
         clear_grads()
