@@ -8,8 +8,9 @@ A variant implements its core on (B, H, T, D) tensors whose k/v heads are repeat
   when a caller asks for weights: `forward(x, return_attn=True)` computes its output as
   `attention_matrix(q, k, g) @ v`, so the weights shown are the ones that made the output;
 - optionally `gates(x)`: per-token gates g (B, H, T, G) from the layer input x (B, T, C), for a
-  core whose decay or write strength depends on the token (GLA's α_t, DeltaNet's β_t); the
-  default is None, and every hook then gets g = None;
+  core whose decay or write strength depends on the token (DeltaNet's β_t; a decay core's
+  log α_t, which GLA and retention give as `log_decay(x)`, decay_kernel.py); the default is
+  None, and every hook then gets g = None;
 - optionally `_new_core_cache()` and `decode(q, k, v, cache, g)`: incremental decoding, where
   decode gets the new tokens' q (B, H, T, D), k and v (B, H_kv, T, D: `_repeat_kv` repeats
   them), RoPE applied, and its own cache, and returns their outputs. The default keeps q, k, v

@@ -201,7 +201,7 @@ class HeadNormProjection(nn.Linear):
 
 class DecayAttention(CausalSelfAttention):
     """Causal linear attention with decay, in its chunked, recurrent and materialised forms;
-    a subclass gives `log_decay(q, g)`, the per-token log α."""
+    a subclass gives `log_decay(x)`, the per-token log α. Its gates g are that log α."""
 
     def __init__(
         self, *args: Any, chunk_size: int = 64, norm_eps: float = 1e-5, **kwargs: Any
@@ -215,18 +215,21 @@ class DecayAttention(CausalSelfAttention):
         self.proj = HeadNormProjection(self.n_head, self.head_dim, bias, norm_eps)
 
     @abstractmethod
-    def log_decay(self, q: Tensor, g: Tensor | None) -> Tensor:
-        """log α (B, H, T, 1 or D) <= 0 for queries q (B, H, T, D) and the gates g."""
+    def log_decay(self, x: Tensor) -> Tensor:
+        """log α (B, H, T, 1 or D) <= 0 of the tokens of the layer input x (B, T, C)."""
+
+    def gates(self, x: Tensor) -> Tensor:
+        return self.log_decay(x)
 
     def scale(self, q: Tensor) -> Tensor:
         return q * self.head_dim**-0.5  # fla's convention: q scaled by D^-1/2
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
-        log_decay, scale = self.log_decay(q, g), self.head_dim**-0.5  # the kernel scales q
-        return chunked_decay_attention(q, k, v, log_decay, self.chunk_size, None, scale)
+        scale = self.head_dim**-0.5  # the kernel scales q
+        return chunked_decay_attention(q, k, v, _log_alpha(g, q), self.chunk_size, None, scale)
 
     def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
-        return decay_attention_matrix(self.scale(q), k, self.log_decay(q, g), self.chunk_size)
+        return decay_attention_matrix(self.scale(q), k, _log_alpha(g, q), self.chunk_size)
 
     def _new_core_cache(self) -> DecayState:
         return DecayState()
@@ -234,8 +237,15 @@ class DecayAttention(CausalSelfAttention):
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: DecayState, g: Tensor | None = None
     ) -> Tensor:
-        k, v, log_decay = self._repeat_kv(k), self._repeat_kv(v), self.log_decay(q, g)
+        k, v, log_decay = self._repeat_kv(k), self._repeat_kv(v), _log_alpha(g, q)
         if q.size(2) == 1:
             return recurrent_decay_attention(self.scale(q), k, v, log_decay, cache)
         scale = self.head_dim**-0.5
         return chunked_decay_attention(q, k, v, log_decay, self.chunk_size, cache, scale)
+
+
+def _log_alpha(g: Tensor | None, q: Tensor) -> Tensor:
+    """The gates of a decay core, log α, in q's dtype (the dtype the kernels compute in)."""
+    if g is None:
+        raise ValueError("decay attention needs its gates, log α: pass g = module.gates(x)")
+    return g.to(q.dtype)

@@ -38,12 +38,9 @@ class GatedLinearAttention(DecayAttention):
         self.gate_down = nn.Linear(self.n_embd, gate_rank, bias=False)  # W_1
         self.gate_up = nn.Linear(gate_rank, self.n_kv_head * self.head_dim)  # W_2, b
 
-    def gates(self, x: Tensor) -> Tensor:
+    def log_decay(self, x: Tensor) -> Tensor:
         """log α (B, H, T, D) from x (B, T, C)."""
         B, T, _ = x.shape
         logits = self.gate_up(self.gate_down(x)).view(B, T, self.n_kv_head, self.head_dim)
         log_alpha = F.logsigmoid(logits.transpose(1, 2)) / self.gate_temperature  # (B, H_kv, T, D)
         return self._repeat_kv(log_alpha)
-
-    def log_decay(self, q: Tensor, g: Tensor | None) -> Tensor:
-        return g  # the gates are already log α

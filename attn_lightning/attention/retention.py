@@ -29,6 +29,7 @@ class Retention(DecayAttention):
         log_gamma = torch.log1p(-(2.0 ** (-5.0 - heads)))  # (H,) log γ_h, exact near γ = 1
         self.register_buffer("log_gamma", log_gamma.float(), persistent=False)
 
-    def log_decay(self, q: Tensor, g: Tensor | None) -> Tensor:
-        B, H, T, _ = q.shape
-        return self.log_gamma.to(q.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+    def log_decay(self, x: Tensor) -> Tensor:
+        """log γ_h (B, H, T, 1) for every token of x (B, T, C)."""
+        B, T, _ = x.shape
+        return self.log_gamma.view(1, self.n_head, 1, 1).expand(B, self.n_head, T, 1)

@@ -60,7 +60,7 @@ def fla_core(name: str, module: CausalSelfAttention) -> Core:
         from fla.ops.simple_gla import chunk_simple_gla
 
         def decay(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None) -> Tensor:
-            log_decay = module.log_decay(q, g)  # type: ignore[operator]  (B, H, T, 1 or D)
+            log_decay = g.to(q.dtype)  # a decay core's gates are log α (B, H, T, 1 or D)
             args = (_bthd(module.scale(q)), _bthd(k), _bthd(v))  # type: ignore[operator]
             if log_decay.size(-1) == 1:  # a scalar decay per head and token
                 out = chunk_simple_gla(*args, g=_bthd(log_decay.squeeze(-1)), scale=1.0)

@@ -104,7 +104,15 @@ def test_module_uses_the_paper_decays_and_scale() -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, T, 8, dtype=torch.float64) for _ in range(3))
     expected, _ = paper_recurrence(q * 8**-0.5, k, v, paper_gammas())
-    torch.testing.assert_close(attn.attend(q, k, v), expected)
+    g = attn.gates(torch.zeros(B, T, 32, dtype=torch.float64))  # log γ_h, whatever the input
+    torch.testing.assert_close(attn.attend(q, k, v, g), expected)
+
+
+def test_the_core_refuses_to_run_without_its_decay() -> None:
+    attn = Retention(n_embd=32, n_head=4, block_size=64, chunk_size=8)
+    q, k, v = (torch.randn(B, H, T, 8) for _ in range(3))
+    with pytest.raises(ValueError, match="needs its gates"):
+        attn.attend(q, k, v)
 
 
 def test_module_decodes_like_its_forward() -> None:
