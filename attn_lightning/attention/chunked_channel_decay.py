@@ -21,10 +21,13 @@ r, so r takes no gradient.
 
 Why not autograd on decay_kernel's tensor code: each of its elementwise steps (the decays'
 exponentials, the decayed copies of q and k, the chunk scan's per-chunk ops) writes a fresh
-(B, H, T, D) tensor that its backward reads and writes again, about half of GLA's time. Here
-one exponential serves the forward and the backward, the within-chunk cumulative sums are C
-in-place adds (torch's cumsum along a middle dim is 2.5x slower), and the backward reuses the
-forward's A, Q̃, K̃, E and states instead of recomputing them.
+(B, H, T, D) tensor that its backward reads and writes again: passes over memory that cost as
+much as the products themselves. Here one exponential serves the forward and the backward,
+the within-chunk cumulative sums are C in-place adds (torch's CPU cumsum along a middle dim is
+slower), and the backward reuses the forward's A, Q̃, K̃, E and states instead of recomputing
+them. Factorising around the chunk's first position r keeps E = exp(b - r) <= 1 and K̃ = k / E
+bounded by e^FACTOR_BOUND, which is why decay_kernel.py takes this path only while a chunk's
+decay stays within that bound.
 """
 
 from __future__ import annotations

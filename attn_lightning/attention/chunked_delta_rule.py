@@ -15,14 +15,16 @@ kept: the forward's two products and the backward's transposed one are batched m
 solving [U_0 | W] and its gradient would be two triangular solves of 2 D columns, each with its
 copies to LAPACK's layout.
 
-Costs that shaped the code (CPU, B=8, H=4, T=4096, C=16): a tensor of one state per chunk
-(N R K V floats) is 32 MiB, the size from which glibc's malloc maps fresh pages at every
-allocation, so each such tensor costs ~20 ms of page faults on top of its work: only the
-forward's states are kept in one; the reverse scan takes each dS_{n+1}'s uses (ε's and g's
-gradients) as it goes, with two rolling states, and (γ ⊙ Q)^T dO_n enters it as one more
-product per step. Row dots (β's and b's gradients) are einsums, not a product tensor then a
-sum; β and γ scale the inverse's columns (C x C), not V's and K's rows (C x D); γ, ε and the
-decayed Q and K are saved, not recomputed.
+Costs that shaped the code: at training sizes a tensor of one state per chunk (N R K V
+floats) is above the size from which glibc's malloc maps fresh pages at every allocation, so
+each such tensor costs page faults on top of its work: only the forward's states are kept in
+one; the reverse scan takes each dS_{n+1}'s uses (ε's and g's gradients) as it goes, with two
+rolling states, and (γ ⊙ Q)^T dO_n enters it as one more product per step. Row dots (β's and
+b's gradients) are einsums, not a product tensor then a sum; β and γ scale the inverse's
+columns (C x C), not V's and K's rows (C x D); γ, ε and the decayed Q and K are saved, not
+recomputed. The layout is chunk-major (chunk n of every row contiguous), so each of the T / C
+sequential scan steps reads and writes one contiguous slab. Chunks are small (16 by default):
+the solve and the masked products grow with C, the sequential scan with T / C.
 """
 
 from __future__ import annotations

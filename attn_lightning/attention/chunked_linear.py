@@ -18,13 +18,17 @@ R_n = Σ_{m>n} Q_m^T g_m, r_n = Σ_{m>n} Q_m^T h_m:
     dK_n = P_n^T Q_n + V_n R_n^T + 1 r_n^T
     dV_n = A_n^T g_n + K_n R_n
 
-Why not autograd on the obvious tensor code: on a CPU its (B, H, N, C, C) temporaries
-(32 MiB at B=8, H=4, T=4096, C=64) are fresh allocations the allocator returns to the system,
-so each op pays page faults and a trip through memory, the masked products are stored for the
-backward, and a ones column appended to v (for d) copies v. Here the C x C products are formed
-one slab of chunks at a time into reused cache-sized buffers (`out=`, in place), the backward
-recomputes them instead of storing them (it keeps the inputs, y, d and the (N, M, D) chunk
-states: memory linear in T), and the normaliser and the division happen on the slab in cache.
+Why one Function rather than autograd on the obvious tensor code: at training sizes its
+(B, H, N, C, C) temporaries are large, and glibc's malloc returns large freed blocks to the
+system, so every fresh one faults its pages in again; on a CPU each op then pays page faults
+and a trip through memory; the masked products are stored for the backward; and a ones
+column appended to v (for d) copies v. Here the C x C products are formed one slab of chunks
+at a time into reused cache-sized buffers (`out=`, in place), the backward recomputes them
+instead of storing them (it keeps the inputs, y, d and the (N, M, D) chunk states: memory
+linear in T), and the normaliser (from the running key-feature sum z) and the division happen
+on the slab in cache. The products are chunk-shaped (a small inner dimension M or D), which a
+matmul library runs well below its peak, so the elementwise work around them counts as much
+as their arithmetic: it is fused into the slab loop rather than left to separate passes.
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ def _per_channel_terms(qc: Tensor, kc: Tensor, b: Tensor) -> tuple[Tensor, Tenso
     q, k (B, H, N, C, K) and cumulative log α b (B, H, N, C, K): the within-chunk scores
     Σ_d q_id k_jd exp(b_id - b_jd) for j <= i (else 0) (B, H, N, C, C), the queries decayed
     from the chunk's start q ⊙ exp(b) and the keys decayed to its end k ⊙ exp(b_C - b)
-    (B, H, N, C, K). Its (B, H, N, C, C, K) tensor (268 MiB at B=8, H=4, T=4096, C=16) made
-    GLA 10x slower than linear attention when it was the only form."""
+    (B, H, N, C, K). Its (B, H, N, C, C, K) tensor, K times the scores, is why this form is
+    only the fallback."""
     last = b[..., -1:, :]  # (B, H, N, 1, K)
     decayed_k = _decay_matrix(b) * kc[..., None, :, :]  # (B, H, N, C, C, K) k_j ⊙ α_{j->i}
     within = (decayed_k @ qc[..., :, :, None]).squeeze(-1)  # (B, H, N, C, C)
@@ -124,8 +124,8 @@ def chunked_decay_attention(
     B, H, T, K = q.shape
     V, G = v.size(-1), log_decay.size(-1)
     C = min(chunk_size, T)
-    # a scalar decay runs as one per channel too: its Function (chunked_channel_decay.py) is
-    # 1.6x faster than autograd on the scalar form below (retention, C = 64, one thread)
+    # a scalar decay runs as one per channel too: its Function (chunked_channel_decay.py),
+    # with its own backward, beats autograd on the scalar form below
     out = _channel_decay_attention(q, k, v, log_decay.expand(B, H, T, K), C, state, scale)
     if out is not None:
         return out

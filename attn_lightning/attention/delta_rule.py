@@ -51,8 +51,8 @@ class UnitFeatures(torch.autograd.Function):
     -> φ(x) (N, R, C, D) contiguous, the chunk-major layout the chunked form reads.
 
     Written out, with y = φ(x) and r = 1 / max(|s|, eps): ds = r (dy - y (y · dy)) (r dy where
-    the eps bound holds), then SiLU's derivative. Autograd on the tensor expression makes ~8
-    full passes backward (the product, the norm's sum, the square, their broadcasts and
+    the eps bound holds), then SiLU's derivative. Autograd on the tensor expression makes a
+    full pass backward per op (the product, the norm's sum, the square, their broadcasts and
     accumulations); this is a row dot and three passes, and the result lands in chunk-major
     order directly instead of through a copy (and its copy back in the backward)."""
 

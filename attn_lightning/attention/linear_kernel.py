@@ -10,6 +10,11 @@ computed three ways that agree:
 - recurrent (decoding): one (S, z) update per token, O(1) in the sequence length;
 - materialised: the (T, T) matrix A_ij = φ(q_i)·φ(k_j) / (Σ_{j'<=i} φ(q_i)·φ(k_j') + eps).
 
+Why chunked: the cumulative-sum form keeps S_i for every position, a (T, M, D) tensor T times
+the state, written and read once per position and far out of cache; the chunked form does the
+same sums as matmuls (C x C within a chunk, M x D across) and needs memory linear in T
+(chunked_linear.py: one autograd Function whose backward recomputes the chunk products).
+
 `KernelAttention` runs them as an attention core; a variant gives only its feature map φ
 (`features`) and its `eps`. There is no attention dropout (the matrix is never formed on the
 fast path).

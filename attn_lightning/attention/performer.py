@@ -6,7 +6,9 @@ and the rows w_1..w_M of an orthogonal random projection (each scaled to a Gauss
     exp(q̂·k̂) = E_w[φ(q̂) φ(k̂)],   φ(x)_r = exp(w_r·x - |x|²/2) / sqrt(M)
 
 and attention becomes causal linear attention on these features, with eps = 0 (chunked for
-training, recurrent for decoding; linear_kernel.py).
+training, recurrent for decoding; linear_kernel.py). Its cost over linear attention's is the
+M ~ d ln d features: a state M / d times larger, and the feature map, one autograd Function
+computed a slab of rows at a time (`PositiveRandomFeatures`).
 
 Numerical stabilisation, kept strictly causal: a query's features are divided by their own
 maximum (exp(a - max a); the constant cancels between numerator and denominator of that row);
@@ -99,9 +101,10 @@ class PerformerAttention(KernelAttention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         """The chunked form on features padded to a multiple of FEATURE_ALIGN: a zero feature
-        adds nothing to a numerator or normaliser, and rows of 112 floats instead of 111 make
-        the feature projection and the kernel's products up to 2x faster on a CPU (d = 32).
-        Decoding keeps M features (its state holds exactly the method's)."""
+        adds nothing to a numerator or normaliser, and rows of aligned length (112 floats for
+        the 111 features at d = 32) run the feature projection and the kernel's K^T V and
+        g S^T products faster. Decoding keeps M features (its state holds exactly the
+        method's)."""
         q, k = self.features(q, True, FEATURE_ALIGN), self.features(k, False, FEATURE_ALIGN)
         return chunked_causal_linear_attention(q, k, v, self.chunk_size, self.eps, state=None)
 
@@ -116,12 +119,13 @@ class PositiveRandomFeatures(torch.autograd.Function):
     """φ(x)_r = exp(w_r·x̂ - |x̂|²/2 - c), x̂ = x d^(-1/4), c the stabiliser (module docstring),
     computed a slab of rows at a time, in place.
 
-    Why not autograd on the tensor expression: at M = 111 features each step of it (the
+    Why not autograd on the tensor expression: with M ~ d ln d features each step of it (the
     projection, the subtraction, the max, the exp and their backwards) writes a fresh
-    (B, H, T, M) tensor, 58 MiB at B=8, H=4, T=4096, and on a CPU those passes over memory
-    cost more than the attention itself. Here the forward writes φ once and the backward
-    reads it once: dx = (dφ ⊙ φ) W̃ - x d^(-1/2) Σ_r (dφ ⊙ φ)_r with W̃ = W d^(-1/4); the
-    stabiliser is a constant (detached, as before), the projection is a buffer (no grad).
+    (B, H, T, M) tensor, larger than q, k and v together, and on a CPU those passes over
+    memory cost more than the attention itself. Here the forward writes φ once and the
+    backward reads it once: dx = (dφ ⊙ φ) W̃ - x d^(-1/2) Σ_r (dφ ⊙ φ)_r with
+    W̃ = W d^(-1/4); the stabiliser is a constant (detached), the projection a buffer (no
+    grad).
     `rows_per_slab`: rows of x per slab (ROWS_PER_SLAB)."""
 
     @staticmethod
