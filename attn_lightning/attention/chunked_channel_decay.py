@@ -32,10 +32,9 @@ decay stays within that bound.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 
 def _chunk_cumsum(x: Tensor, reverse: bool) -> Tensor:
@@ -55,7 +54,7 @@ class ChunkedChannelDecay(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: FunctionCtx,
         q: Tensor,
         k: Tensor,
         v: Tensor,
@@ -93,7 +92,7 @@ class ChunkedChannelDecay(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, d_out: Tensor, _d_final: Tensor
+        ctx: FunctionCtx, d_out: Tensor, _d_final: Tensor
     ) -> tuple[Tensor | None, ...]:
         q, k, v, E, q_t, k_t, A, states, from_start, to_end, across = ctx.saved_tensors
         rows = ctx.rows

@@ -162,13 +162,12 @@ class MQARDataModule(SyntheticData):
     ) -> None:
         if val_size <= 0 or test_size <= 0:
             raise ConfigError("data.val_size and data.test_size must be positive")
-        sizes = {"val": val_size, "test": test_size}
         super().__init__(
             vocab_size,
             block_size,
             batch_size,
             eval_batch_size,
-            sizes,
+            {"val": val_size, "test": test_size},
             eval_fraction,
             seed,
             eval_seed,

@@ -120,13 +120,12 @@ class TaskDataModule(SyntheticData):
         seed: int = 1337,
         eval_seed: int = 0,
     ) -> None:
-        sizes = {"val": val_size, "test": test_size, "test_long": test_long_size}
         super().__init__(
             vocab_size,
             block_size,
             batch_size,
             eval_batch_size,
-            sizes,
+            {"val": val_size, "test": test_size, "test_long": test_long_size},
             eval_fraction,
             seed,
             eval_seed,

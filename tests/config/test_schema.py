@@ -31,5 +31,5 @@ def test_data_and_model_options_are_still_typed(loader) -> None:
         with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
             compose("train", overrides=[override])
     for data in ("mqar", "copy"):
-        with pytest.raises(ConfigCompositionException, match="data.vocab_size"):
+        with pytest.raises(ConfigCompositionException, match=r"data\.vocab_size"):
             compose("train", overrides=[f"data={data}", "data.vocab_size=abc"])
