@@ -42,7 +42,7 @@ attention with one of them set):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, final
 
 import torch
 import torch.nn.functional as F
@@ -169,12 +169,14 @@ class CausalSelfAttention(nn.Module, ABC):
         q, k = self._apply_rope(q, k)
         return q, self._repeat_kv(k), self._repeat_kv(v)
 
+    @final
     def new_cache(self) -> Any:
         """An empty decoding cache for this layer: the variant's (`_new_core_cache`), inside a
         `ShortConvCache` with the convolution's state when the layer has short_conv."""
         cache = self._new_core_cache()
         return cache if self.qkv_conv is None else ShortConvCache(cache)
 
+    @final
     def new_static_cache(self) -> Any | None:
         """A cache of fixed shapes whose count is a tensor (kv_cache.TensorLength), for
         compiled decoding, or None: this layer decodes eagerly only (a variant without one,
