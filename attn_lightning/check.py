@@ -29,7 +29,7 @@ from attn_lightning.analysis.contract import (
 )
 from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.attention.registry import attention_factory, variant_config, variant_names
-from attn_lightning.bench.contract_timing import TimingSizes, check_timing
+from attn_lightning.bench.attention.contract_timing import TimingSizes, check_timing
 from attn_lightning.config.entry_point import hydra_entry_point
 from attn_lightning.errors import ConfigError, UserError, exit_on_user_error
 

@@ -20,7 +20,7 @@ from attn_lightning.analysis.contract import (
     TIMING,
     ContractSizes,
 )
-from attn_lightning.bench.contract_timing import TimingSizes
+from attn_lightning.bench.attention.contract_timing import TimingSizes
 from attn_lightning.check import user_factory
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.errors import ConfigError

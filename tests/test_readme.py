@@ -383,8 +383,7 @@ def test_the_console_scripts_are_the_packages() -> None:
 def test_the_bench_readme_names_every_benchmark() -> None:
     bench_readme = BENCH_README.read_text(encoding="utf-8")
     for name in bench_commands():
-        if name != "contract_timing":  # check's timing, run by `python -m attn_lightning.check`
-            assert f"\n## {name}\n" in bench_readme, name
+        assert f"\n## {name}\n" in bench_readme, name
 
 
 # --- every check above can fail --------------------------------------------------------------

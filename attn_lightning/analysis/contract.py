@@ -10,7 +10,7 @@
 Pure functions of a module factory and sizes, returning results; no Hydra, no Lightning. A
 check that raises becomes a failed result carrying the error, so one broken method does not
 hide the other checks. `python -m attn_lightning.check` (attn_lightning/check.py) is the CLI; it
-adds a timing row measured by bench/contract_timing.py.
+adds a timing row measured by bench/attention/contract_timing.py.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from attn_lightning.analysis.contract import (
 )
 from attn_lightning.attention.kv_cache import KVCache
 from attn_lightning.attention.vanilla import VanillaAttention
-from attn_lightning.bench.contract_timing import TimingSizes, check_timing
+from attn_lightning.bench.attention.contract_timing import TimingSizes, check_timing
 
 SIZES = ContractSizes(
     n_embd=ATTENTION_SHAPE["n_embd"],
