@@ -12,6 +12,8 @@ An import inside a function counts as much as one at the top of a file.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +192,24 @@ def test_a_layered_house_passes(tmp_path: Path) -> None:
         },
     )
     assert violations(package) == []
+
+
+def test_analysis_and_comparison_load_no_lightning_even_indirectly() -> None:
+    """Importing every module of analysis/ and comparison/ in a fresh interpreter loads neither
+    Lightning nor the training package, through any chain of imports."""
+    modules = [
+        module_name(path, PACKAGE)
+        for part in ("analysis", "comparison")
+        for path in sorted((PACKAGE / part).rglob("*.py"))
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('lightning')}"
+        " | {m for m in sys.modules if m.startswith('attn_lightning.training')}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"
