@@ -37,6 +37,15 @@ attention with one of them set):
   and v, before heads are split and RoPE (short_conv.py; 0 = off). Its decoding state, the
   layer's last K-1 projected inputs, rides next to the core's cache in a `ShortConvCache`;
   `decode` sees only the core's own.
+- `output_gate`: o <- o ⊙ swish(x W_g) on the merged heads before the output projection
+  (W_g: C x C, a bias only with the layer's `bias`), the output gate of GLA (Yang et al. 2024),
+  Gated DeltaNet and FoX; C^2 parameters per layer. A projection that normalises the heads
+  first (`HeadNormProjection`: GLA, retention) takes the gate after its norm, as those papers
+  order it: (RMSNorm(o) ⊙ swish(x W_g)) W_o.
+- `qk_norm`: RMSNorm of each q and k head (one learned gain of head_dim for q, one for k, shared
+  by the heads; eps QK_NORM_EPS), after the projection and short convolution, before RoPE, as
+  OLMo-2, Qwen3 and FoX-Pro normalise them: bounded logits for softmax, bounded features for
+  the kernel family.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ from attn_lightning.attention.rope import RotaryEmbedding
 from attn_lightning.attention.short_conv import ShortConvCache, ShortConvolution
 from attn_lightning.errors import ConfigError
 
+QK_NORM_EPS = 1e-6  # RMSNorm eps of `qk_norm` (OLMo-2's and Qwen3's)
+
 
 class CausalSelfAttention(nn.Module, ABC):
     """Multi-head causal self-attention with a pluggable core."""
@@ -68,6 +79,8 @@ class CausalSelfAttention(nn.Module, ABC):
         rope: bool = False,
         rope_base: float = 10000.0,
         short_conv: int = 0,
+        output_gate: bool = False,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if n_embd % n_head != 0:
@@ -85,6 +98,9 @@ class CausalSelfAttention(nn.Module, ABC):
             raise ConfigError(
                 f"attention.short_conv={short_conv!r} must be a kernel size >= 1, or 0 (off)"
             )
+        for key, value in (("output_gate", output_gate), ("qk_norm", qk_norm)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"attention.{key}={value!r} must be true or false")
         self.n_embd = n_embd
         self.n_head = n_head
         self.n_kv_head = n_kv_head
@@ -97,6 +113,10 @@ class CausalSelfAttention(nn.Module, ABC):
         self.short_conv = short_conv
         channels = (n_head + 2 * n_kv_head) * self.head_dim  # q, k and v side by side
         self.qkv_conv = ShortConvolution(channels, short_conv) if short_conv else None
+        # off: no module at all, so parameter names and counts are those without the option
+        self.g_proj = nn.Linear(n_embd, n_embd, bias=bias) if output_gate else None  # W_g
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else None
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -123,7 +143,7 @@ class CausalSelfAttention(nn.Module, ABC):
         else:
             y = self.attend(q, k, v, g)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y)), att
+        return self.resid_dropout(self._project(y, x)), att
 
     def step(self, x: Tensor, cache: Any, positions: Tensor | None = None) -> Tensor:
         """Decoding: new tokens x (B, T, C) continuing the sequence `cache` has seen ->
@@ -152,15 +172,15 @@ class CausalSelfAttention(nn.Module, ABC):
         y = self.decode(q, k, v, cache, self.gates(x))  # (B, H, T, D)
         # (B, H, T, D) -> (B, T, C); for one token the same order of elements as it stands
         y = y.reshape(B, T, C) if T == 1 else y.transpose(1, 2).reshape(B, T, C)
-        y = self.proj.forward(y)  # `forward`: a variant's own projection (decay_kernel.py) too
+        y = self._project(y, x, hooks=False)
         return self.resid_dropout(y) if self.training else y
 
     def split_heads(
         self, x: Tensor, conv_cache: ShortConvCache | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, C) -> projected (and short-convolved) q (B, H, T, D), k and v
-        (B, H_kv, T, D), before RoPE. With `conv_cache`, x continues the inputs it holds and
-        the cache advances; without, x starts the sequence."""
+        """(B, T, C) -> projected (short-convolved, with qk_norm normalised) q (B, H, T, D),
+        k and v (B, H_kv, T, D), before RoPE. With `conv_cache`, x continues the inputs it
+        holds and the cache advances; without, x starts the sequence."""
         return self._split_qkv(self.qkv(x), conv_cache)
 
     def core_inputs(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -223,6 +243,18 @@ class CausalSelfAttention(nn.Module, ABC):
 
     # helpers for the pipeline and for variants
 
+    def _project(self, y: Tensor, x: Tensor, hooks: bool = True) -> Tensor:
+        """Merged heads y (B, T, C) -> the output projection, through the output gate
+        swish(x W_g) when the layer has one (x: the layer input (B, T, C)). `hooks=False`
+        (decoding) calls the modules' `forward`, a variant's own projection's too."""
+        proj = self.proj if hooks else self.proj.forward
+        if self.g_proj is None:
+            return proj(y)
+        gate = F.silu(F.linear(x, self.g_proj.weight, self.g_proj.bias))  # (B, T, C)
+        if getattr(self.proj, "gate_after_norm", False):  # (RMSNorm(y) ⊙ gate) W_o
+            return proj(y, gate)
+        return proj(y * gate)
+
     def _split_qkv(
         self, qkv: Tensor, conv_cache: ShortConvCache | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -240,6 +272,9 @@ class CausalSelfAttention(nn.Module, ABC):
             else qkv.view(B, T, -1, self.head_dim).transpose(1, 2)
         )
         q, k, v = heads.split_with_sizes([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
+        if self.q_norm is not None and self.k_norm is not None:  # RMSNorm per head
+            q = F.rms_norm(q, (self.head_dim,), self.q_norm.weight, self.q_norm.eps)
+            k = F.rms_norm(k, (self.head_dim,), self.k_norm.weight, self.k_norm.eps)
         return q, k, v
 
     def _apply_rope(self, q: Tensor, k: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor]:

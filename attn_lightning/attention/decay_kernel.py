@@ -185,7 +185,9 @@ def decay_attention_matrix(q: Tensor, k: Tensor, log_decay: Tensor, chunk_size: 
 
 class HeadNormProjection(nn.Linear):
     """The output projection W_o after a per-head RMSNorm (its gain shared by the heads):
-    (B, T, H * D) -> (B, T, C)."""
+    (B, T, H * D) -> (B, T, C). The base's output gate, when on, multiplies after the norm."""
+
+    gate_after_norm = True  # the base passes `gate` here rather than multiplying y by it
 
     def __init__(self, n_head: int, head_dim: int, bias: bool, eps: float) -> None:
         super().__init__(n_head * head_dim, n_head * head_dim, bias=bias)
@@ -193,10 +195,11 @@ class HeadNormProjection(nn.Linear):
         self.eps = eps
         self.norm_weight = nn.Parameter(torch.ones(head_dim))
 
-    def forward(self, y: Tensor) -> Tensor:
+    def forward(self, y: Tensor, gate: Tensor | None = None) -> Tensor:
         heads = y.unflatten(-1, (self.n_head, -1))  # (B, T, H, D)
         heads = F.rms_norm(heads, (heads.size(-1),), self.norm_weight, self.eps)
-        return super().forward(heads.flatten(-2))
+        y = heads.flatten(-2)
+        return super().forward(y if gate is None else y * gate)
 
 
 class DecayAttention(CausalSelfAttention):
