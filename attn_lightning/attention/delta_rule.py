@@ -1,7 +1,8 @@
 """The delta rule with an optional per-token decay: the core of DeltaNet and Gated DeltaNet.
 
 With the state kept as S (D_k x D_v) (o_t = S_t^T q_t, the papers' S transposed), unit keys,
-write strengths β_t in (0, 1) and decays α_t in (0, 1] (α_t = 1: plain DeltaNet),
+write strengths β_t in (0, 1) (or (0, 2): `allow_neg_eigval`) and decays α_t in (0, 1]
+(α_t = 1: plain DeltaNet),
 
     S_t = α_t (I - β_t k_t k_t^T) S_{t-1} + β_t k_t v_t^T,   o_t = S_t^T q_t
 
@@ -193,23 +194,45 @@ class DeltaRuleAttention(CausalSelfAttention):
     (B, H, T, 2) holding β and log α. Without gates (a caller timing the core alone),
     β = 1 and α = 1.
 
+    With `allow_neg_eigval` (Grazzi et al. 2025, "Unlocking State-Tracking in Linear RNNs
+    Through Negative Eigenvalues"; fla's layers' option of the same name) β = 2 σ(.) lies in
+    (0, 2): the transition I - β k k^T has the eigenvalue 1 - β in (-1, 1) along k (β = 2 is a
+    reflection), which lets the recurrence track states a positive spectrum cannot (parity).
+
     Conventions (checked against fla's naive.py references and layers):
     - no 1/sqrt(D) on q and no per-head output RMSNorm (nor Gated DeltaNet's output gate):
-      with unit k and β in (0, 1], I - β k k^T is a contraction, so the state's answers stay
-      on v's scale and the output needs no rescaling to train; fla scales q by 1/sqrt(D)
-      because its RMSNorm undoes the scale. A norm of the output would be non-linear in v and
-      break `attention_matrix(q, k, g) @ v == attend(q, k, v, g)`;
+      with unit k and β in (0, 2), I - β k k^T is non-expansive (|1 - β| < 1 along k), so
+      the state's answers stay on v's scale and the output needs no rescaling to train; fla
+      scales q by 1/sqrt(D) because its RMSNorm undoes the scale. A norm of the output would
+      be non-linear in v and break `attention_matrix(q, k, g) @ v == attend(q, k, v, g)`;
     - SiLU on q and k only (the feature map), not on v (fla's SiLU on v comes with its short
       convolution, as here with `short_conv`); with `rope`, the rotation comes before φ
       (norm-preserving, so k stays a unit vector)."""
 
-    def __init__(self, *args: Any, chunk_size: int = 16, eps: float = 1e-6, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        chunk_size: int = 16,
+        eps: float = 1e-6,
+        allow_neg_eigval: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if chunk_size < 1:
             raise ConfigError(f"attention.chunk_size must be >= 1, got {chunk_size}")
+        if not isinstance(allow_neg_eigval, bool):
+            raise ConfigError(
+                f"attention.allow_neg_eigval={allow_neg_eigval!r} must be true or false"
+            )
         self.chunk_size = chunk_size
         self.eps = eps
+        self.allow_neg_eigval = allow_neg_eigval
         self.attn_dropout = nn.Identity()  # no dropout on an implicit matrix
+
+    def write_strength(self, logits: Tensor) -> Tensor:
+        """β = σ(logits) in (0, 1), or 2 σ(logits) in (0, 2) with `allow_neg_eigval`."""
+        beta = logits.sigmoid()
+        return 2 * beta if self.allow_neg_eigval else beta
 
     def unit_features(self, x: Tensor) -> Tensor:
         """φ on (R, N, C, D) -> (N, R, C, D) (UnitFeatures). With short_conv the convolution's

@@ -7,7 +7,9 @@ Sequence Length"), causal.
 with q, k = SiLU(.) then L2-normalised per head. The state's answer to k_t, S_{t-1} k_t, moves a
 fraction β_t of the way to v_t (β_t = 1 overwrites it) instead of adding v_t on top as linear
 attention does. One write strength β per head and token, from the layer input; training uses the
-chunked form, decoding the O(1)-per-token recurrent form (delta_rule.py).
+chunked form, decoding the O(1)-per-token recurrent form (delta_rule.py). With
+`allow_neg_eigval` (Grazzi et al. 2025), β_t = 2 σ(x_t W_β) in (0, 2): negative eigenvalues
+1 - β_t of the transition along k_t.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from attn_lightning.attention.delta_rule import DeltaRuleAttention
 
 
 class DeltaNet(DeltaRuleAttention):
-    """The delta rule with a data-dependent write strength β_t in (0, 1) per head."""
+    """The delta rule with a data-dependent write strength β_t in (0, 1) (or (0, 2)) per head."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -28,4 +30,4 @@ class DeltaNet(DeltaRuleAttention):
 
     def gates(self, x: Tensor) -> Tensor:
         """(B, T, C) -> β (B, H, T, 1)."""
-        return self.beta_proj(x).sigmoid().transpose(1, 2)[..., None]
+        return self.write_strength(self.beta_proj(x)).transpose(1, 2)[..., None]

@@ -5,7 +5,8 @@ Mamba2 with Delta Rule"), causal.
     β_t = σ(x_t W_β),   α_t = exp(-exp(A_log) softplus(x_t W_a + dt_bias))
 
 with q, k = SiLU(.) then L2-normalised per head. The delta rule's targeted overwrite plus
-Mamba2's scalar decay per head and token (α_t -> 0 wipes the state, α_t = 1 is DeltaNet).
+Mamba2's scalar decay per head and token (α_t -> 0 wipes the state, α_t = 1 is DeltaNet);
+β_t = 2 σ(x_t W_β) in (0, 2) with `allow_neg_eigval` (Grazzi et al. 2025).
 The decay is parametrised as in Mamba2 and fla's layer: a rate exp(A_log) per head times a
 softplus time step. Training uses the chunked form, decoding the O(1)-per-token recurrent form
 (delta_rule.py).
@@ -46,4 +47,4 @@ class GatedDeltaNet(DeltaRuleAttention):
         """(B, T, C) -> [β, log α] (B, H, T, 2)."""
         beta, a = self.gate_proj(x).chunk(2, dim=-1)  # (B, T, H) each
         log_alpha = -self.A_log.exp() * F.softplus(a + self.dt_bias)  # (B, T, H), <= 0
-        return torch.stack((beta.sigmoid(), log_alpha), dim=-1).transpose(1, 2)
+        return torch.stack((self.write_strength(beta), log_alpha), dim=-1).transpose(1, 2)

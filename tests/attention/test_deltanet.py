@@ -11,6 +11,7 @@ from helpers import ATTENTION_SHAPE as SHAPE
 from helpers import small_attention
 from torch import Tensor
 
+from attn_lightning.analysis.contract import ContractSizes, run_contract
 from attn_lightning.attention.delta_rule import (
     DeltaRuleState,
     UnitFeatures,
@@ -19,8 +20,12 @@ from attn_lightning.attention.delta_rule import (
     recurrent_delta_rule,
 )
 from attn_lightning.attention.deltanet import DeltaNet
+from attn_lightning.errors import ConfigError
 
 B, H, DK, DV = 2, 3, 5, 4
+CONTRACT_SIZES = ContractSizes(
+    n_embd=SHAPE["n_embd"], n_head=SHAPE["n_head"], length=SHAPE["block_size"]
+)
 
 
 def inputs(T: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -187,3 +192,49 @@ def test_layer_core_on_raw_q_k_equals_the_paper(decay: bool) -> None:
     expected_grads = torch.autograd.grad((expected * weight).sum(), leaves)
     for name, a, e in zip(["q", "k", "v", "gates"], grads, expected_grads, strict=True):
         torch.testing.assert_close(a, e, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("variant", ["deltanet", "gated_deltanet"])
+def test_allow_neg_eigval_doubles_the_write_strength(variant: str) -> None:
+    """allow_neg_eigval: β = 2 σ(x W_β) in (0, 2) (Grazzi et al. 2025), the same weights giving
+    twice the default's β; off by default."""
+    torch.manual_seed(0)
+    default = small_attention(variant)(**SHAPE)
+    torch.manual_seed(0)
+    negative = small_attention(variant, allow_neg_eigval=True)(**SHAPE)
+    x = 3 * torch.randn(2, 32, SHAPE["n_embd"])
+    beta, doubled = default.gates(x)[..., 0], negative.gates(x)[..., 0]
+    assert not default.allow_neg_eigval
+    torch.testing.assert_close(doubled, 2 * beta)
+    assert (doubled > 0).all() and (doubled < 2).all() and (doubled > 1).any()
+
+
+def test_negative_eigenvalues_chunked_and_recurrent_equal_the_paper() -> None:
+    """β in (1, 2): the transition I - β k k^T flips the state's component along k; the chunked
+    and recurrent forms still follow the paper's recurrence, and a reflection (β = 2) applied
+    twice with the same key and no value restores the state."""
+    q, k, v, beta = inputs(37)
+    beta = 1 + beta  # (1, 2)
+    expected, S = paper_recurrence(q, k, v, beta)
+    state = DeltaRuleState()
+    torch.testing.assert_close(chunked_delta_rule(q, k, v, beta, None, 8, state), expected)
+    torch.testing.assert_close(
+        recurrent_delta_rule(q, k, v, beta, None, DeltaRuleState()), expected
+    )
+    torch.testing.assert_close(state.S, S.mT)
+    k[:, :, 21], v[:, :, 20:22], beta[:, :, 20:22] = k[:, :, 20], 0.0, 2.0
+    q[:, :, 20:22] = q[:, :, 19, None]  # read the state before, between and after
+    out = chunked_delta_rule(q, k, v, beta, None, 8)
+    torch.testing.assert_close(out[:, :, 21], out[:, :, 19])  # (I - 2 k k^T)^2 = I
+    assert not torch.allclose(out[:, :, 20], out[:, :, 19])  # one reflection moved it
+
+
+@pytest.mark.parametrize("variant", ["deltanet", "gated_deltanet"])
+def test_allow_neg_eigval_keeps_the_contract(variant: str) -> None:
+    results = run_contract(small_attention(variant, allow_neg_eigval=True), CONTRACT_SIZES)
+    assert [r.failure for r in results if not r.passed] == []
+
+
+def test_allow_neg_eigval_must_be_a_bool() -> None:
+    with pytest.raises(ConfigError, match=r"attention\.allow_neg_eigval"):
+        small_attention("deltanet", allow_neg_eigval="yes")(**SHAPE)
