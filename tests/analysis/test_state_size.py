@@ -49,6 +49,12 @@ def fallback_qkv(options: dict, t: int) -> int:
     return (H + 2 * kv_heads(options)) * t * D * F32
 
 
+def short_conv_window(options: dict) -> int:
+    """ShortConvCache: the last K-1 inputs of the q, k, v projection, for a YAML that sets K."""
+    channels = (H + 2 * kv_heads(options)) * D
+    return channels * (options["short_conv"] - 1) * F32
+
+
 def performer_features(options: dict) -> int:
     return options["nb_features"] or round(D * math.log(D))  # ~ d ln d
 
@@ -75,6 +81,7 @@ PER_LAYER = {
     "gated_deltanet": matrix_state,
     "linformer": fallback_qkv,
     "nystrom": fallback_qkv,
+    "mamba2": lambda o, t: matrix_state(o, t) + short_conv_window(o),
 }
 
 
