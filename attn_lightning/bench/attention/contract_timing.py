@@ -1,17 +1,19 @@
 """The timing row of `python -m attn_lightning.check`: forward+backward of one attention module
-at a few lengths, with the attention benchmark's shape, repeats and timer, and the fitted
-log-log exponent (time ~ T^k). The correctness checks live in analysis/contract.py."""
+(or any sequence mixer, through analysis/contract.py's `mixer_factory`) at a few lengths, with
+the attention benchmark's shape, repeats and timer, and the fitted log-log exponent
+(time ~ T^k). The correctness checks live in analysis/contract.py."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from attn_lightning.analysis.contract import TIMING, AttentionFactory, CheckResult, error_result
+from attn_lightning.analysis.contract import TIMING, CheckResult, error_result
 from attn_lightning.analysis.scaling import scaling_exponent
 from attn_lightning.bench.attention.settings import Settings
 from attn_lightning.bench.attention.timing import MeasurementTimeout, time_calls
@@ -32,7 +34,11 @@ class TimingSizes:
     seed: int = 0
 
 
-def check_timing(factory: AttentionFactory, timing: TimingSizes) -> CheckResult:
+# (n_embd=, n_head=, block_size=) -> a module whose forward returns (y, ...)
+ModuleFactory = Callable[..., nn.Module]
+
+
+def check_timing(factory: ModuleFactory, timing: TimingSizes) -> CheckResult:
     """The timing row; a module that raises gives a failed row carrying the error."""
     try:
         return measure_timing(factory, timing)
@@ -40,7 +46,7 @@ def check_timing(factory: AttentionFactory, timing: TimingSizes) -> CheckResult:
         return error_result(TIMING, error)
 
 
-def measure_timing(factory: AttentionFactory, timing: TimingSizes) -> CheckResult:
+def measure_timing(factory: ModuleFactory, timing: TimingSizes) -> CheckResult:
     """Median forward+backward of the module at each length (the attention benchmark's
     `time_calls`) and the log-log exponent (analysis/scaling.py's fit)."""
     lengths = sorted(set(timing.lengths))
