@@ -35,6 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_lightning.attention.base import CausalSelfAttention
+from attn_lightning.attention.chunked_channel_delta_rule import (
+    FACTOR_BOUND,
+    ChunkedChannelDeltaRule,
+)
 from attn_lightning.attention.chunked_delta_rule import ChunkedDeltaRule
 from attn_lightning.errors import ConfigError
 
@@ -103,15 +107,23 @@ def chunked_delta_rule(
     state: DeltaRuleState | None = None,
     features: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """q, k: (B, H, T, D_k) unit vectors; v: (B, H, T, D_v); beta, log_alpha: (B, H, T)
-    -> (B, H, T, D_v). Continues from `state` and advances it when one is given. With
-    `features` (x (R, N, C, D) -> φ(x) (N, R, C, D), as UnitFeatures), q and k are raw and φ
-    is applied on the way into the chunk-major layout; φ(0) = 0 keeps the padding zero."""
+    """q, k: (B, H, T, D_k) unit vectors; v: (B, H, T, D_v); beta: (B, H, T); log_alpha:
+    (B, H, T), or (B, H, T, D_k) for a decay per key channel -> (B, H, T, D_v). Continues from
+    `state` and advances it when one is given. With `features` (x (R, N, C, D) -> φ(x)
+    (N, R, C, D), as UnitFeatures), q and k are raw and φ is applied on the way into the
+    chunk-major layout; φ(0) = 0 keeps the padding zero.
+
+    A per-channel decay runs chunked_channel_delta_rule.py at the largest chunk size up to
+    `chunk_size` (halving it) at which no chunk decays by more than e^-FACTOR_BOUND after its
+    first position, so that its factors stay finite (chunk size 1 always does)."""
     dtype = v.dtype
     q, k, v, beta = (x.to(_compute_dtype(v)) for x in (q, k, v, beta))
     B, H, T, K = k.shape
     V = v.size(-1)
     C = min(chunk_size, T)
+    per_channel = log_alpha is not None and log_alpha.dim() == 4
+    if per_channel:
+        C = _channel_chunk_size(log_alpha, C)  # type: ignore[arg-type]
     pad = (-T) % C  # padded positions: k = v = 0, β = 0, α = 1; they change nothing
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
@@ -126,20 +138,45 @@ def chunked_delta_rule(
         return chunk_major(x) if features is None else features(x.reshape(rows, N, C, -1))
 
     b = None
-    if log_alpha is not None:  # log γ_i from the chunk start
+    if log_alpha is not None and not per_channel:  # log γ_i from the chunk start
         log_alpha = F.pad(log_alpha.to(beta.dtype), (0, pad)) if pad else log_alpha.to(beta.dtype)
         b = chunk_major(log_alpha).cumsum(-1)
     S0 = None if state is None or state.S is None else state.S.to(q.dtype).reshape(rows, K, V)
     if S0 is not None and S0.requires_grad:
         raise ValueError("chunked_delta_rule: the carried state gets no gradient; detach it")
-    out, S = ChunkedDeltaRule.apply(
-        unit_chunk_major(q), unit_chunk_major(k), chunk_major(v), chunk_major(beta), b, S0
-    )
+    if per_channel:  # log α (N, R, C, D_k) per channel
+        log_alpha = F.pad(log_alpha.to(beta.dtype), (0, 0, 0, pad))  # type: ignore[union-attr]
+        out, S = ChunkedChannelDeltaRule.apply(
+            unit_chunk_major(q),
+            unit_chunk_major(k),
+            chunk_major(v),
+            chunk_major(beta),
+            chunk_major(log_alpha),
+            S0,
+        )
+    else:
+        out, S = ChunkedDeltaRule.apply(
+            unit_chunk_major(q), unit_chunk_major(k), chunk_major(v), chunk_major(beta), b, S0
+        )
     if state is not None:
         state.S = S.view(B, H, K, V)
         state.length += T
     out = out.view(N, B, H, C, V).permute(1, 2, 0, 3, 4).reshape(B, H, N * C, V)
     return out[:, :, :T].to(dtype)  # (B, H, T, D_v)
+
+
+def _channel_chunk_size(log_alpha: Tensor, C: int) -> int:
+    """The largest of C, C / 2, ..., 1 at which every chunk's decay after its first position,
+    -Σ_{i>1} log α_i per channel, stays within FACTOR_BOUND (one reduction per size tried;
+    a host sync on a GPU). log_alpha: (B, H, T, D_k) <= 0."""
+    log_alpha = log_alpha.detach()
+    T = log_alpha.size(2)
+    while C > 1:
+        chunks = F.pad(log_alpha, (0, 0, 0, (-T) % C)).unflatten(2, (-1, C))  # (B, H, N, C, K)
+        if bool(chunks[:, :, :, 1:].sum(3).amin() >= -FACTOR_BOUND):
+            break
+        C //= 2
+    return C
 
 
 def recurrent_delta_rule(
@@ -150,8 +187,8 @@ def recurrent_delta_rule(
     log_alpha: Tensor | None,
     state: DeltaRuleState,
 ) -> Tensor:
-    """The RNN form, one token at a time: q, k (B, H, T, D_k), v (B, H, T, D_v), beta and
-    log_alpha (B, H, T)."""
+    """The RNN form, one token at a time: q, k (B, H, T, D_k), v (B, H, T, D_v), beta
+    (B, H, T) and log_alpha (B, H, T), or (B, H, T, D_k) per key channel."""
     dtype = v.dtype
     q, k, v, beta = (x.to(_compute_dtype(v)) for x in (q, k, v, beta))
     B, H, T, K = k.shape
@@ -161,7 +198,9 @@ def recurrent_delta_rule(
     outputs = []
     for t in range(T):
         k_t, v_t = k[:, :, t], v[:, :, t]  # (B, H, D_k), (B, H, D_v)
-        if log_alpha is not None:
+        if log_alpha is not None and log_alpha.dim() == 4:
+            S = log_alpha[:, :, t, :, None].to(S.dtype).exp() * S  # diag(α_t) S_{t-1}
+        elif log_alpha is not None:
             S = log_alpha[:, :, t, None, None].to(S.dtype).exp() * S  # α_t S_{t-1}
         u_t = beta[:, :, t, None] * (v_t - (k_t[..., None, :] @ S).squeeze(-2))  # (B, H, D_v)
         S = S + k_t[..., :, None] * u_t[..., None, :]  # (B, H, D_k, D_v)
@@ -174,17 +213,26 @@ def recurrent_delta_rule(
 def delta_rule_matrix(
     q: Tensor, k: Tensor, beta: Tensor, log_alpha: Tensor | None = None
 ) -> Tensor:
-    """The equivalent (B, H, T, T) matrix M_att = (Q K^T ⊙ Γ ⊙ M) (I + A)^{-1} diag(β)."""
+    """The equivalent (B, H, T, T) matrix M_att = (Q K^T ⊙ Γ ⊙ M) (I + A)^{-1} diag(β); with a
+    decay per key channel (log_alpha (B, H, T, D_k)) the products are Σ_d q_id k_jd Γ^(d)_ij,
+    through a (B, H, D_k, T, T) tensor of decays."""
     dtype = q.dtype
     q, k, beta = (x.to(_compute_dtype(q)) for x in (q, k, beta))
-    log_alpha = torch.zeros_like(beta) if log_alpha is None else log_alpha.to(beta.dtype)
-    decay = _decay_matrix(log_alpha.cumsum(-1))  # (B, H, T, T)
-    A = (beta[..., None] * (k @ k.transpose(-2, -1)) * decay).tril(-1)
+    if log_alpha is not None and log_alpha.dim() == 4:
+        decays = _decay_matrix(log_alpha.to(beta.dtype).cumsum(-2).transpose(-2, -1))
+        keys = torch.einsum("bhid,bhjd,bhdij->bhij", k, k, decays)  # Σ_d k_id k_jd Γ^(d)_ij
+        scores = torch.einsum("bhid,bhjd,bhdij->bhij", q, k, decays)
+        A = (beta[..., None] * keys).tril(-1)
+    else:
+        log_alpha = torch.zeros_like(beta) if log_alpha is None else log_alpha.to(beta.dtype)
+        decay = _decay_matrix(log_alpha.cumsum(-1))  # (B, H, T, T)
+        A = (beta[..., None] * (k @ k.transpose(-2, -1)) * decay).tril(-1)
+        scores = (q @ k.transpose(-2, -1)) * decay
     eye = torch.eye(q.size(2), dtype=A.dtype, device=A.device)
     solved = torch.linalg.solve_triangular(
         eye + A, torch.diag_embed(beta), upper=False, unitriangular=True
     )  # (B, H, T, T) (I + A)^{-1} diag(β)
-    return (((q @ k.transpose(-2, -1)) * decay) @ solved).to(dtype)
+    return (scores @ solved).to(dtype)
 
 
 class DeltaRuleAttention(CausalSelfAttention):

@@ -79,6 +79,7 @@ PER_LAYER = {
     "gla": matrix_state,
     "deltanet": matrix_state,
     "gated_deltanet": matrix_state,
+    "kda": matrix_state,
     "linformer": fallback_qkv,
     "nystrom": fallback_qkv,
     "mamba2": lambda o, t: matrix_state(o, t) + short_conv_window(o),

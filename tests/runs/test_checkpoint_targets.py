@@ -26,6 +26,7 @@ ATTENTION = {  # conf/attention/<option>.yaml -> the class its checkpoints name
     "gated_deltanet": "attn_lightning.attention.gated_deltanet.GatedDeltaNet",
     "gla": "attn_lightning.attention.gla.GatedLinearAttention",
     "gqa": "attn_lightning.attention.vanilla.VanillaAttention",
+    "kda": "attn_lightning.attention.kda.KimiDeltaAttention",
     "linear": "attn_lightning.attention.linear.LinearAttention",
     "linformer": "attn_lightning.attention.linformer.LinformerAttention",
     "mqa": "attn_lightning.attention.vanilla.VanillaAttention",
