@@ -83,6 +83,7 @@ PER_LAYER = {
     "linformer": fallback_qkv,
     "nystrom": fallback_qkv,
     "mamba2": lambda o, t: matrix_state(o, t) + short_conv_window(o),
+    "rwkv7": lambda o, t: matrix_state(o, t) + short_conv_window(o),
     "fox": lambda o, t: softmax_kv(o, t) + H * t * F32,  # and c_j (H, t, 1) of every key
 }
 

@@ -34,6 +34,7 @@ def test_matrix_is_what_produces_the_output(
         "gla",
         "mamba2",
         "kda",
+        "rwkv7",
     ):
         torch.testing.assert_close(att.sum(-1), torch.ones(2, SHAPE["n_head"], T))
 
