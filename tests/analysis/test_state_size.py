@@ -80,6 +80,7 @@ PER_LAYER = {
     "deltanet": matrix_state,
     "gated_deltanet": matrix_state,
     "kda": matrix_state,
+    "gated_deltaproduct": matrix_state,
     "linformer": fallback_qkv,
     "nystrom": fallback_qkv,
     "mamba2": lambda o, t: matrix_state(o, t) + short_conv_window(o),

@@ -25,7 +25,7 @@ def test_matrix_is_what_produces_the_output(
     assert att.shape == (2, SHAPE["n_head"], T, T)
     torch.testing.assert_close(shown, fast, rtol=1e-5, atol=1e-6)
     assert att.triu(1).abs().max() == 0
-    # delta rule, decayed linear attention (retention, gla, mamba2, kda): unnormalised, not convex
+    # the delta rules, decayed linear attention (retention, gla, mamba2): unnormalised, not convex
     if variant not in (
         "linformer",
         "deltanet",
@@ -34,6 +34,7 @@ def test_matrix_is_what_produces_the_output(
         "gla",
         "mamba2",
         "kda",
+        "gated_deltaproduct",
         "rwkv7",
     ):
         torch.testing.assert_close(att.sum(-1), torch.ones(2, SHAPE["n_head"], T))

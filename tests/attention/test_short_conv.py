@@ -110,7 +110,9 @@ def test_the_convolution_is_used(variant: str) -> None:
     torch.testing.assert_close(y, attn(x)[0], rtol=1e-4, atol=1e-5)
     q, k, v = attn.core_inputs(*attn.split_heads(x))
     g = attn.gates(x)
-    again = attn.attention_matrix(q, k, g) @ v
+    # gated_deltaproduct's v holds n_h sub-steps per token: it applies a (T, n_h T) matrix
+    matrix = attn.substep_matrix if variant == "gated_deltaproduct" else attn.attention_matrix
+    again = matrix(q, k, g) @ v
     B, _, C = x.shape
     torch.testing.assert_close(attn.proj(again.transpose(1, 2).reshape(B, T, C)), y)
     plain = attn.qkv_conv

@@ -24,6 +24,7 @@ ATTENTION = {  # conf/attention/<option>.yaml -> the class its checkpoints name
     "based": "attn_lightning.attention.based.BasedAttention",
     "deltanet": "attn_lightning.attention.deltanet.DeltaNet",
     "gated_deltanet": "attn_lightning.attention.gated_deltanet.GatedDeltaNet",
+    "gated_deltaproduct": "attn_lightning.attention.gated_deltaproduct.GatedDeltaProduct",
     "gla": "attn_lightning.attention.gla.GatedLinearAttention",
     "gqa": "attn_lightning.attention.vanilla.VanillaAttention",
     "kda": "attn_lightning.attention.kda.KimiDeltaAttention",
