@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.attention.registry import build_attention, variant_names
 from attn_lightning.bench import _kernel_references as refs
 from attn_lightning.bench._kernel_profile import breakdown_table, matmul_rates, profile_call
@@ -59,6 +60,20 @@ def fwd_bwd(forward: Callable[[], Tensor], leaves: Sequence[Tensor], grad: Tenso
     return call
 
 
+def core_leaves(
+    module: CausalSelfAttention, x: Tensor, leaves: list[Tensor], seed: int
+) -> list[Tensor]:
+    """The shared q, k, v leaves (B, H, T, D), or, for a core whose `split_heads` shapes them
+    otherwise (gated_deltaproduct's n_h keys and values per token, grouped k/v heads), leaves
+    of the shapes it gives, standard normal too."""
+    with torch.no_grad():
+        shapes = [t.shape for t in module.split_heads(x)]
+    if shapes == [leaf.shape for leaf in leaves]:
+        return leaves
+    generator = torch.Generator().manual_seed(seed + 1)
+    return [torch.randn(shape, generator=generator).requires_grad_() for shape in shapes]
+
+
 def build_entries(args: argparse.Namespace, log: Callable[[str], None]) -> list[Entry]:
     B, H, T, D = args.batch_size, args.heads, args.length, args.head_dim
     generator = torch.Generator().manual_seed(args.seed)
@@ -77,12 +92,13 @@ def build_entries(args: argparse.Namespace, log: Callable[[str], None]) -> list[
         module = build_attention(name, n_embd=H * D, n_head=H, block_size=T).train()
         modules[name] = module
         params = list(module.parameters())
+        own = core_leaves(module, x, leaves, args.seed)
         entries.append(
             Entry(
                 f"ours: {name}",
                 fwd_bwd(
-                    lambda m=module: m.attend(*m.core_inputs(*leaves), m.gates(x)),
-                    leaves + params,
+                    lambda m=module, own=own: m.attend(*m.core_inputs(*own), m.gates(x)),
+                    own + params,
                     grad,
                 ),
             )

@@ -51,6 +51,16 @@ def test_a_tiny_race_prints_a_row_per_core(capsys) -> None:
             assert float(line.split("|")[2].replace(",", "")) > 0  # a measured time
 
 
+def test_a_core_shaping_its_own_k_and_v_races_on_leaves_of_those_shapes(capsys) -> None:
+    """gated_deltaproduct's k and v hold n_h sub-steps per token, gqa's fewer heads: each
+    core gets leaves shaped as its split_heads gives them."""
+    tiny = ["--length", "16", "--batch-size", "1", "--head-dim", "8", "--heads", "2"]
+    main(["--variants", "gated_deltaproduct,gqa", *tiny, "--repeats", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert rows[3:5] == ["ours: gated_deltaproduct", "ours: gqa"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
