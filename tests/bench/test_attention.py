@@ -74,6 +74,15 @@ def test_performer_with_many_features_approximates_softmax(sweep):
         assert r.output_cosine > 0.9 and r.matrix_cosine > 0.9
 
 
+def test_a_core_with_n_h_keys_per_token_is_timed_without_a_softmax_to_compare():
+    """gated_deltaproduct's k and v hold n_h sub-steps per token: it runs on leaves of its
+    split_heads' shapes, and its cosines to causal softmax are NaN (no keys in common)."""
+    settings = Settings(variants=("gated_deltaproduct",), lengths=(16,), **TINY)
+    (result,) = run(settings)
+    assert result.status == "ok" and result.time_ms > 0 and result.memory_mib > 0
+    assert math.isnan(result.output_cosine) and math.isnan(result.matrix_cosine)
+
+
 def test_linear_attention_computes_a_different_function(sweep):
     for r in _rows(sweep[1], "linear"):  # measured: about 0.75
         assert r.output_cosine < 0.9 and r.matrix_cosine < 0.9

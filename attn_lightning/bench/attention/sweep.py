@@ -72,6 +72,24 @@ def random_layer_input(settings: Settings, length: int) -> Tensor:
     return torch.randn(shape, generator=generator).to(settings.device, DTYPES[settings.dtype])
 
 
+def own_leaves(
+    module: CausalSelfAttention, x: Tensor, leaves: list[Tensor], settings: Settings, length: int
+) -> list[Tensor]:
+    """The shared leaves, or, for a core whose `split_heads` shapes q, k, v otherwise
+    (gated_deltaproduct: n_h keys and values per token), standard normal leaves of its shapes
+    (drawn on the CPU)."""
+    with torch.no_grad():
+        shapes = [t.shape for t in module.split_heads(x)]
+    if shapes == [leaf.shape for leaf in leaves]:
+        return leaves
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + length + 2)
+    dtype = DTYPES[settings.dtype]
+    return [
+        torch.randn(shape, generator=generator).to(settings.device, dtype).requires_grad_()
+        for shape in shapes
+    ]
+
+
 def row_cosine(a: Tensor, b: Tensor) -> float:
     """Mean over rows (the last dim is a row) of the cosine similarity, in float32 or wider."""
     return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())
@@ -90,6 +108,8 @@ def quality(
     core inputs and gates (matrix NaN when B*H*T*T float32 values exceed matrix_limit bytes)."""
     q, k, v = module.core_inputs(q, k, v)  # what the core sees: RoPE, heads repeated
     out = module.attend(q, k, v, g)
+    if k.size(2) != q.size(2):  # not a key per query (gated_deltaproduct's sub-steps)
+        return math.nan, math.nan  # no causal softmax over the same keys to compare with
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
     output_cosine = row_cosine(out, exact)
     B, H, T, _ = q.shape
@@ -153,8 +173,9 @@ def measure(
             k[:, :n_kv].contiguous().requires_grad_(),
             v[:, :n_kv].contiguous().requires_grad_(),
         ]
-        tensors_with_grad = [*leaves, *module.parameters()]
         x = random_layer_input(settings, length)  # the gates' input (gated variants only)
+        leaves = own_leaves(module, x, leaves, settings, length)
+        tensors_with_grad = [*leaves, *module.parameters()]
 
         def clear_grads() -> None:
             for tensor in tensors_with_grad:
