@@ -1,4 +1,5 @@
-"""The delta rule with an optional per-token decay: the core of DeltaNet and Gated DeltaNet.
+"""The delta rule with an optional per-token decay: the core of DeltaNet, Gated DeltaNet, KDA
+and Gated DeltaProduct.
 
 With the state kept as S (D_k x D_v) (o_t = S_t^T q_t, the papers' S transposed), unit keys,
 write strengths β_t in (0, 1) (or (0, 2): `allow_neg_eigval`) and decays α_t in (0, 1]
@@ -19,6 +20,11 @@ the state's prediction for k_t moves a fraction β_t of the way to v_t. Three fo
 - recurrent (decoding): the update above, one token at a time, O(1) per token;
 - materialised: the core is linear in v, O = M_att V with
       M_att = (Q K^T ⊙ Γ ⊙ M) (I + A)^{-1} diag(β)   over the whole sequence (S_0 = 0).
+
+A decay per key channel (KDA: S_t = (I - β_t k_t k_t^T) diag(α_t) S_{t-1} + β_t k_t v_t^T,
+log α (B, H, T, D_k)) takes the same three forms, with Σ_d q_id k_jd Γ^(d)_ij in place of
+(q_i·k_j) Γ_ij: chunked_channel_delta_rule.py (scaled copies of q and k), the recurrent update
+with diag(α_t), the matrix through a (D_k, T, T) tensor of decays.
 
 Decays enter as log α (per head and token), so products are exp of differences of cumulative
 sums and never a ratio of underflowing products. `DeltaRuleAttention` runs the three forms as an
