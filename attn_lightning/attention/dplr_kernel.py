@@ -27,9 +27,14 @@ Three forms that agree:
 - materialised: the core is linear in v, so the (T, T) matrix is the chunked form run on
   one-hot values (as decay_kernel.decay_attention_matrix does).
 
+`chunked_rwkv7` runs the chunked form on RWKV-7's own inputs (r, k, v, the gate logits, ξ and
+α) and forms k̃, a, b and log w from them a slab of chunks at a time, backward included
+(_RWKV7Inputs): as full-size tensors, each of them and of their gradients would cost a pass
+over memory, together more than the core's own work.
+
 The factorisation multiplies by exp(-c): it needs Σ log w over a chunk to stay above
--FACTOR_BOUND (e^40 and e^-40 are far inside float32's range; every product it forms is
-bounded by 1 times the vectors' sizes). RWKV-7's decay w = exp(-e^{-0.5} σ(·)) is at least
+-FACTOR_BOUND (e^40 and e^-40 are far inside float32's range, and the decays the scores
+hold, exp(c_i - c_j) for j <= i, are at most 1). RWKV-7's decay w = exp(-e^{-0.5} σ(·)) is at least
 exp(-e^{-0.5}) per step by construction, so its chunks of up to 65 positions always qualify;
 `chunked_dplr` checks the bound and says so otherwise.
 """
@@ -123,6 +128,197 @@ class _ChunkTerms:
         self.M.mul_(self.g)
 
 
+class _GivenInputs:
+    """The core's inputs as given: q, k, a, b, log w (B, H, T, K) and v (B, H, T, V)."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.tensors = tensors
+
+    def chunks(self, n0: int, n1: int, C: int) -> tuple[Tensor, ...]:
+        """Chunks n0..n1-1 of q, k, v, a, b and log w, (s, B, H, C, ·) each."""
+        return tuple(_chunks(x, n0, n1, C) for x in self.tensors)
+
+    def new_grads(self) -> list[Tensor]:
+        return [x.new_empty(x.shape) for x in self.tensors]
+
+    def put_grads(self, n0: int, n1: int, C: int, slab: list[Tensor], grads: list[Tensor]):
+        """The gradients to the slab's q, k, v, a, b, log w, (s, B, H, C, ·) each, into grads."""
+        for full, part in zip(grads, slab, strict=True):
+            _chunks(full, n0, n1, C).copy_(part)
+
+
+class _RWKV7Inputs:
+    """RWKV-7's inputs, from which the core's are formed a slab at a time (never a full-size
+    tensor of them, nor of their gradients): the receptance r (the query), k, v (B, H, T, D),
+    the gate logits z = [z_w | z_a] (B, H, T, 2 D), ξ and α (H, D):
+
+        log w = -s σ(z_w),  a_t = σ(z_a),  κ̂ = normalise(k ⊙ ξ),  k̃ = k ⊙ (1 + (a_t - 1) ⊙ α),
+        a = -κ̂,  b = κ̂ ⊙ a_t
+
+    (s = `decay_scale`; the norm is max(|k ⊙ ξ|, eps), F.normalize's). The backward of the
+    slab just formed (`put_grads` after `chunks`, slab by slab) is, with dκ̂ = db ⊙ a_t - da:
+
+        d a_t = db ⊙ κ̂ + dk̃ ⊙ k ⊙ α,   dα = Σ dk̃ ⊙ k ⊙ (a_t - 1),
+        d(k ⊙ ξ) = (dκ̂ - κ̂ (κ̂ · dκ̂)) / |k ⊙ ξ|  (dκ̂ / eps where the norm is eps),
+        dξ = Σ d(k ⊙ ξ) ⊙ k,   dk = dk̃ ⊙ (1 + (a_t - 1) ⊙ α) + d(k ⊙ ξ) ⊙ ξ,
+        dz_w = d log w ⊙ log w ⊙ (1 - σ(z_w)),   dz_a = d a_t ⊙ a_t ⊙ (1 - a_t)
+
+    (the sums over batch and positions: ξ and α are per channel)."""
+
+    def __init__(self, *tensors: Tensor, eps: float, decay_scale: float) -> None:
+        self.tensors = tensors  # r, k, v, z, ξ, α
+        self.eps, self.decay_scale = eps, decay_scale
+        self.formed: tuple[Tensor, ...] = ()
+
+    def chunks(self, n0: int, n1: int, C: int) -> tuple[Tensor, ...]:
+        """Chunks n0..n1-1 of r, k̃, v, a, b and log w, (s, B, H, C, ·) each."""
+        r, k, v, z, xi, alpha = self.tensors
+        D = k.size(-1)
+        xi, alpha = xi[:, None], alpha[:, None]  # (H, 1, D), against (s, B, H, C, D)
+        k, z = _chunks(k, n0, n1, C), _chunks(z, n0, n1, C)
+        sig_w = torch.sigmoid(z[..., :D])
+        log_w = sig_w * -self.decay_scale
+        rate = torch.sigmoid(z[..., D:])  # a_t
+        k_xi = k * xi
+        length = torch.linalg.vector_norm(k_xi, dim=-1, keepdim=True)
+        bounded = length < self.eps  # there the norm is the constant eps
+        norm = length.clamp_min_(self.eps)
+        kappa = k_xi.div_(norm)  # κ̂
+        boost = (rate - 1).mul_(alpha).add_(1)  # 1 + (a_t - 1) ⊙ α
+        key = boost * k  # k̃
+        self.formed = (k, sig_w, log_w, rate, kappa, norm, bounded, boost)
+        return _chunks(r, n0, n1, C), key, _chunks(v, n0, n1, C), -kappa, kappa * rate, log_w
+
+    def new_grads(self) -> list[Tensor]:
+        *per_token, xi, alpha = self.tensors  # r, k, v, z; ξ and α take sums over slabs
+        return [
+            *(x.new_empty(x.shape) for x in per_token),
+            xi.new_zeros(xi.shape),
+            alpha.new_zeros(alpha.shape),
+        ]
+
+    def put_grads(self, n0: int, n1: int, C: int, slab: list[Tensor], grads: list[Tensor]):
+        """The gradients to the slab's r, k̃, v, a, b, log w, (s, B, H, C, ·) each, as
+        gradients to r, k, v, z, ξ and α, into grads (ξ's and α's summed)."""
+        dr, d_key, dv, da, db, d_log_w = slab
+        k, sig_w, log_w, rate, kappa, norm, bounded, boost = self.formed
+        _, _, _, _, xi, alpha = self.tensors
+        xi, alpha = xi[:, None], alpha[:, None]
+        g_r, g_k, g_v, g_z, g_xi, g_alpha = grads
+        D = k.size(-1)
+        _chunks(g_r, n0, n1, C).copy_(dr)
+        _chunks(g_v, n0, n1, C).copy_(dv)
+        d_kappa = (db * rate).sub_(da)
+        key_by_k = d_key * k  # dk̃ ⊙ k
+        g_alpha += (key_by_k * (rate - 1)).sum((0, 1, 3))
+        d_rate = (key_by_k.mul_(alpha)).addcmul_(db, kappa)
+        along = (kappa * d_kappa).sum(-1, keepdim=True).masked_fill_(bounded, 0.0)
+        d_k_xi = d_kappa.addcmul_(kappa, along, value=-1).div_(norm)  # d(k ⊙ ξ)
+        g_xi += (d_k_xi * k).sum((0, 1, 3))
+        dk = d_key.mul_(boost).addcmul_(d_k_xi, xi)
+        _chunks(g_k, n0, n1, C).copy_(dk)
+        g_z = _chunks(g_z, n0, n1, C)
+        torch.mul(d_log_w * log_w, 1 - sig_w, out=g_z[..., :D])
+        torch.mul(d_rate.mul_(rate), 1 - rate, out=g_z[..., D:])
+
+
+def _dplr_forward(
+    inputs: _GivenInputs | _RWKV7Inputs, S0: Tensor | None, C: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The chunked forward, a slab at a time -> O (B, H, T, V), the states entering the
+    chunks and the final one (N + 1, B H, K, V), and the final state (B H, K, V)."""
+    q, _, v = inputs.tensors[:3]
+    B, H, T, K = q.shape
+    V, R, N = v.size(-1), B * H, T // C
+    steps = max(1, SLAB_CHUNKS // R)  # of the scan per slab
+    out = q.new_empty(B, H, T, V)
+    states = q.new_empty(N + 1, R, K, V)  # S_n entering each chunk, and the final state
+    if S0 is None:
+        states[0].zero_()
+    else:
+        states[0].copy_(S0)
+    lowest = q.new_ones(())
+    for n0 in range(0, N, steps):
+        n1 = min(N, n0 + steps)
+        s, X = n1 - n0, (n1 - n0) * R
+        t = _ChunkTerms(*inputs.chunks(n0, n1, C))
+        lowest = torch.minimum(lowest, t.g.amin())  # the strongest decay across a chunk
+        # the scan S_{n+1} = M_n S_n + R_n, R = Diag(g) (K̄^T V + B̄^T U_0)
+        R_n = torch.bmm(t.keys[:, :C].mT, t.v).baddbmm_(t.keys[:, C:].mT, t.U).mul_(t.g)
+        R_n, M_n = R_n.view(s, R, K, V), t.M.view(s, R, K, K)
+        for j in range(s):
+            torch.baddbmm(R_n[j], M_n[j], states[n0 + j], out=states[n0 + j + 1])
+        starts = states[n0:n1].view(X, K, V)
+        U = t.U.baddbmm_(t.W, starts)  # U_n = U_0 + W S_n
+        o = torch.bmm(t.scores[:, :C, :C], t.v).baddbmm_(t.scores[:, :C, C:], U)
+        o.baddbmm_(t.reads[:, :C], starts)
+        _chunks(out, n0, n1, C).copy_(o.view(s, B, H, C, V))
+    if not bool(lowest >= math.exp(-FACTOR_BOUND)):  # one check (a host sync on a GPU)
+        raise ValueError(
+            f"chunked_dplr: a chunk's log-decay is below -{FACTOR_BOUND:g} or not finite; "
+            "use shorter chunks or a bounded decay"
+        )
+    return out, states, states[N].clone()
+
+
+def _dplr_backward(
+    inputs: _GivenInputs | _RWKV7Inputs, states: Tensor, d_out: Tensor, C: int
+) -> list[Tensor]:
+    """The chunked backward, a slab at a time from the last (ChunkedDPLR's docstring)."""
+    q, _, v = inputs.tensors[:3]
+    B, H, T, K = q.shape
+    V, R, N = v.size(-1), B * H, T // C
+    steps = max(1, SLAB_CHUNKS // R)
+    grads = inputs.new_grads()
+    dS = q.new_zeros(R, K, V)  # dS_{n+1}; the final state takes no gradient
+    mask = _score_mask(C, q)
+    for n0 in reversed(range(0, N, steps)):
+        n1 = min(N, n0 + steps)
+        s, X = n1 - n0, (n1 - n0) * R
+        t = _ChunkTerms(*inputs.chunks(n0, n1, C))
+        starts = states[n0:n1].view(X, K, V)
+        values = torch.cat((t.v, t.U.baddbmm_(t.W, starts)), 1)  # [V; U], U_n = U_0 + W S_n
+        dO = _chunks(d_out, n0, n1, C).reshape(X, C, V)
+        q_t, a_t, k_bar, b_bar = (t.reads[:, :C], t.reads[:, C:], t.keys[:, :C], t.keys[:, C:])
+
+        # the reverse scan dS_n = M_n^T dS_{n+1} + Q̃^T dO_n + W^T tril(Q̃ B̄^T)^T dO_n;
+        # after = dS_{n+1}, G = Diag(g) dS_{n+1}, dU = tril(Q̃ B̄^T)^T dO + B̄ G
+        dU = torch.bmm(t.scores[:, :C, C:].mT, dO)  # (X, C, V)
+        read = torch.bmm(q_t.mT, dO).baddbmm_(t.W.mT, dU).view(s, R, K, V)
+        after = q.new_empty(s, R, K, V)
+        after[-1].copy_(dS)
+        M_t = t.M.view(s, R, K, K).mT
+        for j in range(s - 1, 0, -1):
+            torch.baddbmm(read[j], M_t[j], after[j], out=after[j - 1])
+        dS = torch.baddbmm(read[0], M_t[0], after[0])  # for the slab before
+        after = after.view(X, K, V)
+        G = after * t.g
+        dU.baddbmm_(b_bar, G)
+        d_log_g = after.mul_(states[n0 + 1 : n1 + 1].view(X, K, V)).sum(-1)  # (X, K)
+
+        d_rows = torch.cat((dO, torch.bmm(t.inverse.mT, dU)), 1)  # [dO; D], D = (I - L)^{-T} dU
+        d_scores = torch.bmm(d_rows, values.mT).mul_(mask)
+        d_reads = torch.bmm(d_rows, starts.mT).baddbmm_(d_scores, t.keys)  # d[Q̃; Ã]
+        d_keys = torch.bmm(values, G.mT).baddbmm_(d_scores.mT, t.reads)  # d[K̄; B̄]
+        dv = torch.bmm(t.scores[:, :, :C].mT, d_rows).baddbmm_(k_bar, G)
+
+        # through the decayed copies: dc (and de) from each, then d log w
+        d_e = d_reads[:, C:] * a_t
+        d_c = torch.mul(d_reads[:, :C], q_t).addcmul_(d_keys[:, :C], k_bar, value=-1)
+        d_c.addcmul_(d_keys[:, C:], b_bar, value=-1)
+        d_c[:, -1] += d_log_g
+        d_c += d_e
+        _chunk_cumsum(d_c, reverse=True).sub_(d_e)  # c, e: cumulative sums of log w
+        dq = d_reads[:, :C].mul_(t.grow)
+        da = d_reads[:, C:]  # Ã = a exp(e), e_i = c_{i-1}
+        da[:, 1:].mul_(t.grow[:, :-1])
+        d_keys[:, :C].mul_(t.shrink)  # [K̄; B̄] = [k; b] exp(-c)
+        d_keys[:, C:].mul_(t.shrink)
+        slab = [dq, d_keys[:, :C], dv, da, d_keys[:, C:], d_c]
+        inputs.put_grads(n0, n1, C, [x.view(s, B, H, C, -1) for x in slab], grads)
+    return grads
+
+
 class ChunkedDPLR(torch.autograd.Function):
     """q, k, a, b, log w (B, H, T, K), v (B, H, T, V) with T a multiple of the chunk size C,
     in any layout, and the entering state S0 (B H, K, V) or None -> O (B, H, T, V) and the
@@ -160,36 +356,7 @@ class ChunkedDPLR(torch.autograd.Function):
         S0: Tensor | None,
         C: int,
     ) -> tuple[Tensor, Tensor]:
-        B, H, T, K = q.shape
-        V, R, N = v.size(-1), B * H, T // C
-        steps = max(1, SLAB_CHUNKS // R)  # of the scan per slab
-        out = q.new_empty(B, H, T, V)
-        states = q.new_empty(N + 1, R, K, V)  # S_n entering each chunk, and the final state
-        if S0 is None:
-            states[0].zero_()
-        else:
-            states[0].copy_(S0)
-        lowest = q.new_ones(())
-        for n0 in range(0, N, steps):
-            n1 = min(N, n0 + steps)
-            s, X = n1 - n0, (n1 - n0) * R
-            t = _ChunkTerms(*(_chunks(x, n0, n1, C) for x in (q, k, v, a, b, log_w)))
-            lowest = torch.minimum(lowest, t.g.amin())  # the strongest decay across a chunk
-            # the scan S_{n+1} = M_n S_n + R_n, R = Diag(g) (K̄^T V + B̄^T U_0)
-            R_n = torch.bmm(t.keys[:, :C].mT, t.v).baddbmm_(t.keys[:, C:].mT, t.U).mul_(t.g)
-            R_n, M_n = R_n.view(s, R, K, V), t.M.view(s, R, K, K)
-            for j in range(s):
-                torch.baddbmm(R_n[j], M_n[j], states[n0 + j], out=states[n0 + j + 1])
-            starts = states[n0:n1].view(X, K, V)
-            values = torch.cat((t.v, t.U.baddbmm_(t.W, starts)), 1)  # [V; U], U_n = U_0 + W S_n
-            o = torch.bmm(t.scores[:, :C], values).baddbmm_(t.reads[:, :C], starts)
-            _chunks(out, n0, n1, C).copy_(o.view(s, B, H, C, V))
-        if not bool(lowest >= math.exp(-FACTOR_BOUND)):  # one check (a host sync on a GPU)
-            raise ValueError(
-                f"chunked_dplr: a chunk's log-decay is below -{FACTOR_BOUND:g} or not finite; "
-                "use shorter chunks or a bounded decay"
-            )
-        final = states[N].clone()
+        out, states, final = _dplr_forward(_GivenInputs(q, k, v, a, b, log_w), S0, C)
         ctx.save_for_backward(q, k, v, a, b, log_w, states)
         ctx.chunk_size = C
         ctx.mark_non_differentiable(final)
@@ -199,65 +366,56 @@ class ChunkedDPLR(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, d_out: Tensor, _d_final: Tensor
     ) -> tuple[Tensor | None, ...]:
-        q, k, v, a, b, log_w, states = ctx.saved_tensors
-        C = ctx.chunk_size
-        B, H, T, K = q.shape
-        V, R, N = v.size(-1), B * H, T // C
-        steps = max(1, SLAB_CHUNKS // R)
-        grads = [q.new_empty(B, H, T, x.size(-1)) for x in (q, k, v, a, b, log_w)]
-        dq, dk, dv, da, db, d_log_w = grads
-        dS = q.new_zeros(R, K, V)  # dS_{n+1}; the final state takes no gradient
-        mask = _score_mask(C, q)
-        for n0 in reversed(range(0, N, steps)):
-            n1 = min(N, n0 + steps)
-            s, X = n1 - n0, (n1 - n0) * R
-            t = _ChunkTerms(*(_chunks(x, n0, n1, C) for x in (q, k, v, a, b, log_w)))
-            starts = states[n0:n1].view(X, K, V)
-            values = torch.cat((t.v, t.U.baddbmm_(t.W, starts)), 1)  # [V; U], U_n = U_0 + W S_n
-            dO = _chunks(d_out, n0, n1, C).reshape(X, C, V)
-            q_t, a_t, k_bar, b_bar = (t.reads[:, :C], t.reads[:, C:], t.keys[:, :C], t.keys[:, C:])
-
-            # the reverse scan dS_n = M_n^T dS_{n+1} + Q̃^T dO_n + W^T tril(Q̃ B̄^T)^T dO_n;
-            # after = dS_{n+1}, G = Diag(g) dS_{n+1}, dU = tril(Q̃ B̄^T)^T dO + B̄ G
-            dU = torch.bmm(t.scores[:, :C, C:].mT, dO)  # (X, C, V)
-            read = torch.bmm(q_t.mT, dO).baddbmm_(t.W.mT, dU).view(s, R, K, V)
-            after = q.new_empty(s, R, K, V)
-            after[-1].copy_(dS)
-            M_t = t.M.view(s, R, K, K).mT
-            for j in range(s - 1, 0, -1):
-                torch.baddbmm(read[j], M_t[j], after[j], out=after[j - 1])
-            dS = torch.baddbmm(read[0], M_t[0], after[0])  # for the slab before
-            after = after.view(X, K, V)
-            G = after * t.g
-            dU.baddbmm_(b_bar, G)
-            d_log_g = after.mul_(states[n0 + 1 : n1 + 1].view(X, K, V)).sum(-1)  # (X, K)
-
-            d_rows = torch.cat((dO, torch.bmm(t.inverse.mT, dU)), 1)  # [dO; D], D = (I - L)^{-T} dU
-            d_scores = torch.bmm(d_rows, values.mT).mul_(mask)
-            d_reads = torch.bmm(d_rows, starts.mT).baddbmm_(d_scores, t.keys)  # d[Q̃; Ã]
-            d_keys = torch.bmm(values, G.mT).baddbmm_(d_scores.mT, t.reads)  # d[K̄; B̄]
-            dv_slab = torch.bmm(t.scores[:, :, :C].mT, d_rows).baddbmm_(k_bar, G)
-
-            # through the decayed copies: dc (and de) from each, then d log w
-            d_e = d_reads[:, C:] * a_t
-            d_c = torch.mul(d_reads[:, :C], q_t).addcmul_(d_keys[:, :C], k_bar, value=-1)
-            d_c.addcmul_(d_keys[:, C:], b_bar, value=-1)
-            d_c[:, -1] += d_log_g
-            d_c += d_e
-            _chunk_cumsum(d_c, reverse=True).sub_(d_e)  # c, e: cumulative sums of log w
-
-            grow, shrink = t.grow.view(s, B, H, C, K), t.shrink.view(s, B, H, C, K)
-            d_reads5 = d_reads.view(s, B, H, 2 * C, K)
-            d_keys5 = d_keys.view(s, B, H, 2 * C, K)
-            torch.mul(d_reads5[..., :C, :], grow, out=_chunks(dq, n0, n1, C))
-            da_chunks = _chunks(da, n0, n1, C)
-            da_chunks[..., 0, :].copy_(d_reads5[..., C, :])
-            torch.mul(d_reads5[..., C + 1 :, :], grow[..., :-1, :], out=da_chunks[..., 1:, :])
-            torch.mul(d_keys5[..., :C, :], shrink, out=_chunks(dk, n0, n1, C))
-            torch.mul(d_keys5[..., C:, :], shrink, out=_chunks(db, n0, n1, C))
-            _chunks(dv, n0, n1, C).copy_(dv_slab.view(s, B, H, C, V))
-            _chunks(d_log_w, n0, n1, C).copy_(d_c.view(s, B, H, C, K))
+        *tensors, states = ctx.saved_tensors
+        grads = _dplr_backward(_GivenInputs(*tensors), states, d_out, ctx.chunk_size)
         return (*grads, None, None)
+
+
+class ChunkedRWKV7(torch.autograd.Function):
+    """ChunkedDPLR on RWKV-7's inputs (_RWKV7Inputs): r, k, v (B, H, T, D), the gate logits
+    z (B, H, T, 2 D), ξ, α (H, D), the entering state S0 or None -> O (B, H, T, D) and the
+    final state. The core's own inputs are formed slab by slab in the forward and again in
+    the backward, which takes their gradients back to these."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        r: Tensor,
+        k: Tensor,
+        v: Tensor,
+        z: Tensor,
+        xi: Tensor,
+        alpha: Tensor,
+        S0: Tensor | None,
+        C: int,
+        eps: float,
+        decay_scale: float,
+    ) -> tuple[Tensor, Tensor]:
+        inputs = _RWKV7Inputs(r, k, v, z, xi, alpha, eps=eps, decay_scale=decay_scale)
+        out, states, final = _dplr_forward(inputs, S0, C)
+        ctx.save_for_backward(r, k, v, z, xi, alpha, states)
+        ctx.options = C, eps, decay_scale
+        ctx.mark_non_differentiable(final)
+        return out, final
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, d_out: Tensor, _d_final: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        *tensors, states = ctx.saved_tensors
+        C, eps, decay_scale = ctx.options
+        inputs = _RWKV7Inputs(*tensors, eps=eps, decay_scale=decay_scale)
+        return (*_dplr_backward(inputs, states, d_out, C), None, None, None, None)
+
+
+def _carried(state: DPLRState | None, like: Tensor, rows: int) -> Tensor | None:
+    """The state a call continues from, (B H, K, V) in like's dtype, or None."""
+    if state is None or state.S is None:
+        return None
+    S0 = state.S.to(like.dtype).reshape(rows, state.S.size(-2), state.S.size(-1))
+    if S0.requires_grad:
+        raise ValueError("chunked_dplr: the carried state gets no gradient; detach it")
+    return S0
 
 
 def chunked_dplr(
@@ -276,18 +434,45 @@ def chunked_dplr(
     gradient)."""
     dtype = v.dtype
     q, k, v, a, b, log_w = (x.to(_compute_dtype(v)) for x in (q, k, v, a, b, log_w))
-    B, H, T, K = k.shape
-    V = v.size(-1)
+    B, H, T, _ = k.shape
     C = min(chunk_size, T)
     pad = (-T) % C  # padded positions: q = k = v = a = b = 0, w = 1; they change nothing
     if pad:
         q, k, v, a, b, log_w = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, a, b, log_w))
-    S0 = None if state is None or state.S is None else state.S.to(q.dtype).reshape(B * H, K, V)
-    if S0 is not None and S0.requires_grad:
-        raise ValueError("chunked_dplr: the carried state gets no gradient; detach it")
-    out, S = ChunkedDPLR.apply(q, k, v, a, b, log_w, S0, C)
+    out, S = ChunkedDPLR.apply(q, k, v, a, b, log_w, _carried(state, q, B * H), C)
     if state is not None:
-        state.S = S.view(B, H, K, V)
+        state.S = S.view(B, H, *S.shape[1:])
+        state.length += T
+    return out[:, :, :T].to(dtype)
+
+
+def chunked_rwkv7(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    z: Tensor,
+    xi: Tensor,
+    alpha: Tensor,
+    chunk_size: int,
+    eps: float,
+    decay_scale: float,
+    state: DPLRState | None = None,
+) -> Tensor:
+    """RWKV-7's time mixing on the chunked core, its inputs formed inside (_RWKV7Inputs): r, k,
+    v (B, H, T, D), gate logits z = [z_w | z_a] (B, H, T, 2 D), ξ, α (H, D) -> o (B, H, T, D).
+    The same as chunked_dplr on the inputs it forms; continues from `state` when given."""
+    dtype = v.dtype
+    r, k, v, z, xi, alpha = (x.to(_compute_dtype(v)) for x in (r, k, v, z, xi, alpha))
+    B, H, T, _ = k.shape
+    C = min(chunk_size, T)
+    pad = (-T) % C  # padded positions: r = k = v = 0 and z = -inf, so w = 1, κ̂ = k̃ = 0
+    if pad:
+        r, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, v))
+        z = F.pad(z, (0, 0, 0, pad), value=float("-inf"))
+    S0 = _carried(state, r, B * H)
+    out, S = ChunkedRWKV7.apply(r, k, v, z, xi, alpha, S0, C, eps, decay_scale)
+    if state is not None:
+        state.S = S.view(B, H, *S.shape[1:])
         state.length += T
     return out[:, :, :T].to(dtype)
 

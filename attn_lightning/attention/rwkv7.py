@@ -14,9 +14,11 @@ The state forgets per channel (w_t), removes a fraction a_t of its answer to the
 k_t ⊙ a_t, so with k_t = κ̂_t and one rate a_t in every channel this is the delta rule with
 β_t = a_t; α = 0: under the whole k_t). The
 receptance r_t is the base's query q, k_t and v_t its keys and values; w_t and a_t come from
-the layer input x_t through rank-r projections (`decay_rank`, `icl_rank`), as GLA's gate does.
-The core is fla's DPLR recurrence with a = -κ̂ and b = κ̂ ⊙ a_t (dplr_kernel.py: chunked for
-training, recurrent for decoding, O(1) state per token); q is not scaled (RWKV-7's scale 1).
+the layer input x_t through rank-r projections (`decay_rank`, `icl_rank`), as GLA's gate does:
+`gates` gives their logits. The core is fla's DPLR recurrence with a = -κ̂ and b = κ̂ ⊙ a_t
+(dplr_kernel.py: chunked for training, recurrent for decoding, O(1) state per token); the
+chunked form forms w, a_t, κ̂ and k̃ itself, a slab of chunks at a time (chunked_rwkv7), so
+none of them is ever a full-size tensor. q is not scaled (RWKV-7's scale 1).
 Each head's output is group-normalised (RWKV-7's `ln_x`: a LayerNorm per head, a gain and bias
 per channel) inside the output projection, after the matrix (`return_attn`'s matrix @ v and
 the fast path share it).
@@ -55,7 +57,7 @@ from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.attention.dplr_kernel import (
     FACTOR_BOUND,
     DPLRState,
-    chunked_dplr,
+    chunked_rwkv7,
     dplr_matrix,
     recurrent_dplr,
 )
@@ -132,30 +134,46 @@ class RWKV7Attention(CausalSelfAttention):
         self.proj = GroupNormProjection(self.n_head, self.head_dim, bias, norm_eps)
 
     def gates(self, x: Tensor) -> Tensor:
-        """(B, T, C) -> [log w, a] (B, H, T, 2 D)."""
+        """(B, T, C) -> the logits [z_w, z_a] (B, H, T, 2 D) of w = exp(-e^-0.5 σ(z_w)) and
+        a = σ(z_a); the core applies the sigmoids (in its slabs, chunked_rwkv7).
+
+        Both projections run as one pair of products, their weights side by side (W_1 | A_1)
+        and block-diagonal (W_2, A_2 per k/v head), so that the logits land in the head-major
+        layout the core reads, without a copy of the full (B, T, 2 H_kv D) tensor."""
         B, T, _ = x.shape
-        decay = self.decay_bias + self.decay_up(torch.tanh(self.decay_down(x)))  # (B, T, H_kv D)
-        log_w = -DECAY_SCALE * torch.sigmoid(decay)
-        icl = torch.sigmoid(self.icl_bias + self.icl_up(self.icl_down(x)))
-        per_head = (B, T, self.n_kv_head, self.head_dim)
-        g = torch.cat((log_w.view(per_head), icl.view(per_head)), -1)  # (B, T, H_kv, 2 D)
-        return self._repeat_kv(g.transpose(1, 2))
+        H_kv, D, r_w = self.n_kv_head, self.head_dim, self.decay_down.out_features
+        hidden = F.linear(x, torch.cat((self.decay_down.weight, self.icl_down.weight)))
+        hidden = torch.cat((torch.tanh(hidden[..., :r_w]), hidden[..., r_w:]), -1)  # (B, T, r)
+        up = hidden.new_zeros(H_kv, 2, D, hidden.size(-1))  # rows: (head, z_w | z_a, channel)
+        up[:, 0, :, :r_w] = self.decay_up.weight.view(H_kv, D, r_w)
+        up[:, 1, :, r_w:] = self.icl_up.weight.view(H_kv, D, -1)
+        bias = torch.stack((self.decay_bias.view(H_kv, D), self.icl_bias.view(H_kv, D)), 1)
+        z = F.linear(hidden, up.flatten(0, 2), bias.flatten())  # (B, T, H_kv 2 D)
+        return self._repeat_kv(z.view(B, T, H_kv, 2 * D).transpose(1, 2))
+
+    def decay_and_rate(self, g: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The gate logits (B, H, T, 2 D) -> log w and a (B, H, T, D), in like's dtype."""
+        z_w, z_a = _logits(g).to(like.dtype).chunk(2, dim=-1)
+        return -DECAY_SCALE * torch.sigmoid(z_w), torch.sigmoid(z_a)
+
+    def per_channel(self) -> tuple[Tensor, Tensor]:
+        """ξ and α (H, D), the k/v heads' repeated for their query heads."""
+        heads = self.n_head // self.n_kv_head
+        xi, alpha = (p.view(self.n_kv_head, -1) for p in (self.removal_key, self.replacement))
+        return xi.repeat_interleave(heads, 0), alpha.repeat_interleave(heads, 0)
 
     def dplr_inputs(self, k: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Keys k (B, H, T, D) and gates -> the DPLR core's k̃, a = -κ̂, b = κ̂ ⊙ a_t and log w."""
-        if g is None:
-            raise ValueError("rwkv7 needs its gates [log w, a]: pass g = module.gates(x)")
-        log_w, icl = g.to(k.dtype).chunk(2, dim=-1)  # (B, H, T, D) each
-        per_head = (1, self.n_kv_head, 1, self.head_dim)
-        xi = self._repeat_kv(self.removal_key.view(per_head))  # ξ, α: (1, H, 1, D)
-        alpha = self._repeat_kv(self.replacement.view(per_head))
+        """Keys k (B, H, T, D) and gates -> the DPLR core's k̃, a = -κ̂, b = κ̂ ⊙ a_t and log w
+        (what chunked_rwkv7 forms inside, slab by slab), for the matrix and decoding."""
+        log_w, icl = self.decay_and_rate(g, k)
+        xi, alpha = (p[:, None] for p in self.per_channel())  # (H, 1, D)
         removal = F.normalize(k * xi, dim=-1, eps=self.eps)  # κ̂
         key = k * (1 + (icl - 1) * alpha)  # k̃
         return key, -removal, removal * icl, log_w
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
-        key, a, b, log_w = self.dplr_inputs(k, g)
-        return chunked_dplr(q, key, v, a, b, log_w, self.chunk_size)
+        xi, alpha = self.per_channel()
+        return chunked_rwkv7(q, k, v, _logits(g), xi, alpha, self.chunk_size, self.eps, DECAY_SCALE)
 
     def attention_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         key, a, b, log_w = self.dplr_inputs(k, g)
@@ -167,8 +185,18 @@ class RWKV7Attention(CausalSelfAttention):
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: DPLRState, g: Tensor | None = None
     ) -> Tensor:
-        key, a, b, log_w = self.dplr_inputs(self._repeat_kv(k), g)
-        v = self._repeat_kv(v)
-        if q.size(2) == 1:
-            return recurrent_dplr(q, key, v, a, b, log_w, cache)
-        return chunked_dplr(q, key, v, a, b, log_w, self.chunk_size, cache)
+        k, v = self._repeat_kv(k), self._repeat_kv(v)
+        if q.size(2) > 1:  # a prefill: the chunked form, from and to the cache's state
+            xi, alpha = self.per_channel()
+            return chunked_rwkv7(
+                q, k, v, _logits(g), xi, alpha, self.chunk_size, self.eps, DECAY_SCALE, cache
+            )
+        key, a, b, log_w = self.dplr_inputs(k, g)
+        return recurrent_dplr(q, key, v, a, b, log_w, cache)
+
+
+def _logits(g: Tensor | None) -> Tensor:
+    """The gates of rwkv7, [z_w, z_a] (B, H, T, 2 D), or the error that names them."""
+    if g is None:
+        raise ValueError("rwkv7 needs its gates [z_w, z_a]: pass g = module.gates(x)")
+    return g

@@ -123,6 +123,41 @@ def test_chunked_gradients_equal_the_papers(
         torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("slab_chunks", [1, dplr_kernel.SLAB_CHUNKS])
+def test_rwkv7_inputs_formed_inside_the_core(
+    slab_chunks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chunked_rwkv7 forms log w, κ̂, k̃, a and b from r, k, v, the gate logits, ξ and α in
+    its slabs, with its own backward: outputs and gradients equal autograd's through the
+    paper's formulas and recurrence (a key of zeros included: κ̂ = 0, at F.normalize's eps),
+    at a length that pads the last chunk."""
+    monkeypatch.setattr(dplr_kernel, "SLAB_CHUNKS", slab_chunks)
+    g = torch.Generator().manual_seed(3)
+    T = 37
+    r, k, v = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64) for D in (DK, DK, DV))
+    k[0, 1, 5] = 0.0
+    z = 2 * torch.randn(B, H, T, 2 * DK, generator=g, dtype=torch.float64)
+    xi, alpha = (torch.rand(H, DK, generator=g, dtype=torch.float64) for _ in range(2))
+    leaves = [t.requires_grad_() for t in (r, k, v, z, xi, alpha)]
+    scale = math.exp(-0.5)
+
+    def by_the_paper(r, k, v, z, xi, alpha) -> Tensor:
+        log_w = -scale * torch.sigmoid(z[..., :DK])
+        rate = torch.sigmoid(z[..., DK:])
+        kappa = F.normalize(k * xi[:, None], dim=-1, eps=1e-12)
+        key = k * (1 + (rate - 1) * alpha[:, None])
+        return general_recurrence(r, key, v, -kappa, kappa * rate, log_w)
+
+    weight = torch.randn(B, H, T, DV, generator=g, dtype=torch.float64)
+    expected = by_the_paper(*leaves)
+    got = dplr_kernel.chunked_rwkv7(*leaves, 8, 1e-12, scale)
+    torch.testing.assert_close(got, expected)
+    want = torch.autograd.grad((expected * weight).sum(), leaves)
+    have = torch.autograd.grad((got * weight).sum(), leaves)
+    for name, h, w in zip(["r", "k", "v", "z", "xi", "alpha"], have, want, strict=True):
+        torch.testing.assert_close(h, w, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("at", [8, 13])  # prefill ending on a chunk boundary, and not
 def test_continues_from_a_carried_state(at: int) -> None:
     """Prefill `at` tokens (chunked), then continue chunked or token by token."""
@@ -217,7 +252,9 @@ def test_layer_inputs_are_the_papers() -> None:
         {"r": q, "v": v, "w": w, "a": a, "kappa": kappa, "k_tilde": k * (1 + (a - 1) * alpha)}
     )
     g = attn.gates(x)
-    torch.testing.assert_close(g[..., :D], w.log())
+    log_w, rate = attn.decay_and_rate(g, q)
+    torch.testing.assert_close(log_w, w.log())
+    torch.testing.assert_close(rate, a)
     torch.testing.assert_close(attn.attend(q, k, v, g), expected)
     assert (w > math.exp(-math.exp(-0.5))).all() and (w < 1).all()
 
