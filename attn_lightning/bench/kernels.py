@@ -31,7 +31,18 @@ from attn_lightning.bench._kernel_profile import breakdown_table, matmul_rates, 
 from attn_lightning.bench.attention.sweep import row_cosine
 from attn_lightning.errors import UserError, exit_on_user_error
 
-OURS = ("linear", "performer", "deltanet", "gated_deltanet", "gla", "retention")
+OURS = (
+    "linear",
+    "performer",
+    "deltanet",
+    "gated_deltanet",
+    "gla",
+    "retention",
+    "mamba2",
+    "kda",
+    "gated_deltaproduct",
+    "rwkv7",
+)
 PROFILED_CHUNK = 64  # the chunk size of the chunked kernels' configs, for the matmul rate
 
 
