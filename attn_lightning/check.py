@@ -8,9 +8,9 @@ sequence mixer, a torch module mapping (B, T, C) -> (B, T, C):
 
 its keyword arguments as `+mixer.<name>=<value>`, sizes.n_embd given to the argument
 `mixer.dim_key` names (default `dim`); causality is checked, decoding too when `mixer.step`
-names its recurrent step (the protocol: attn_lightning/analysis/contract.py), and the checks
-that need our API say "not applicable". Prints one row per check; exits 0 when every check
-passes, 1 when one fails (the check and its worst position named), 2 for bad input (an
+names its recurrent step (the protocol: attn_lightning/analysis/mixer_contract.py), and the
+checks that need our API say "not applicable". Prints one row per check; exits 0 when every
+check passes, 1 when one fails (the check and its worst position named), 2 for bad input (an
 unknown option, a `_target_` that does not import, is not a `CausalSelfAttention` or not a
 module, a mixer that cannot be built from its arguments).
 """
@@ -36,14 +36,16 @@ from attn_lightning.analysis.contract import (
     AttentionFactory,
     CheckResult,
     ContractSizes,
+    not_applicable,
+    run_contract,
+    table,
+)
+from attn_lightning.analysis.mixer_contract import (
     MixerFactory,
     MixerUnderTest,
     describe_output,
     mixer_factory,
-    not_applicable,
-    run_contract,
     run_mixer_contract,
-    table,
 )
 from attn_lightning.attention.base import CausalSelfAttention
 from attn_lightning.attention.registry import attention_factory, variant_config, variant_names

@@ -26,14 +26,16 @@ from attn_lightning.analysis.contract import (
     TIMING,
     CheckResult,
     ContractSizes,
-    MixerUnderTest,
     check_decoding_state,
-    describe_output,
-    mixer_factory,
     one_thread,
     run_contract,
-    run_mixer_contract,
     table,
+)
+from attn_lightning.analysis.mixer_contract import (
+    MixerUnderTest,
+    describe_output,
+    mixer_factory,
+    run_mixer_contract,
 )
 from attn_lightning.attention.kv_cache import KVCache
 from attn_lightning.attention.vanilla import VanillaAttention

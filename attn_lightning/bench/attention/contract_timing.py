@@ -1,7 +1,7 @@
 """The timing row of `python -m attn_lightning.check`: forward+backward of one attention module
-(or any sequence mixer, through analysis/contract.py's `mixer_factory`) at a few lengths, with
-the attention benchmark's shape, repeats and timer, and the fitted log-log exponent
-(time ~ T^k). The correctness checks live in analysis/contract.py."""
+(or any sequence mixer, through analysis/mixer_contract.py's `mixer_factory`) at a few lengths,
+with the attention benchmark's shape, repeats and timer, and the fitted log-log exponent
+(time ~ T^k). The correctness checks live in analysis/contract.py and mixer_contract.py."""
 
 from __future__ import annotations
 
