@@ -256,10 +256,16 @@ class CausalSelfAttention(nn.Module, ABC):
         return proj(y * gate)
 
     def _split_qkv(
-        self, qkv: Tensor, conv_cache: ShortConvCache | None = None
+        self,
+        qkv: Tensor,
+        conv_cache: ShortConvCache | None = None,
+        kv_heads: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """`split_heads` after the projection: qkv (B, T, (H + 2 H_kv) D) -> q, k, v."""
+        """`split_heads` after the projection: qkv (B, T, (H + 2 H_kv) D) -> q, k, v, with
+        `kv_heads` k and v heads each (H_kv unless given: a variant with more k/v heads than
+        H_kv passes its own)."""
         B, T, _ = qkv.shape
+        kv_heads = self.n_kv_head if kv_heads is None else kv_heads
         if self.qkv_conv is not None:
             qkv, state = self.qkv_conv(qkv, None if conv_cache is None else conv_cache.conv)
             if conv_cache is not None:
@@ -271,7 +277,7 @@ class CausalSelfAttention(nn.Module, ABC):
             if T == 1
             else qkv.view(B, T, -1, self.head_dim).transpose(1, 2)
         )
-        q, k, v = heads.split_with_sizes([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
+        q, k, v = heads.split_with_sizes([self.n_head, kv_heads, kv_heads], dim=1)
         if self.q_norm is not None and self.k_norm is not None:  # RMSNorm per head
             q = F.rms_norm(q, (self.head_dim,), self.q_norm.weight, self.q_norm.eps)
             k = F.rms_norm(k, (self.head_dim,), self.k_norm.weight, self.k_norm.eps)

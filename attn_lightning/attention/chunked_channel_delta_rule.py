@@ -32,12 +32,12 @@ and (reversed) backward.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from attn_lightning.attention.chunked_channel_decay import _chunk_cumsum
+from attn_lightning.attention.chunked_delta_rule import chunk_major_grads, scan_chunks
 
 FACTOR_BOUND = 40.0  # the decay within a chunk, e^-FACTOR_BOUND at most (1 / E's bound)
 SMALLEST_DECAY = math.exp(-FACTOR_BOUND)  # a and g below it are taken as 0
@@ -66,7 +66,7 @@ class ChunkedChannelDeltaRule(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: torch.autograd.function.FunctionCtx,
         q: Tensor,
         k: Tensor,
         v: Tensor,
@@ -99,27 +99,20 @@ class ChunkedChannelDeltaRule(torch.autograd.Function):
         U_n, w_n, k_end_t = U.view(N, R, C, V), w.view(N, R, C, K), k_end.view(N, R, C, K).mT
         across = _flushed(a * E_C).view(N, R, K, 1)  # g, scales the state's rows
 
-        starts = q.new_empty(N + 1, R, K, V)
-        if S0 is None:
-            starts[0].zero_()
-        else:
-            starts[0].copy_(S0)
-        for n in range(N):  # the sequential part: each chunk's corrected values and state
-            U_n[n].baddbmm_(w_n[n], starts[n], alpha=-1)
-            torch.mul(starts[n], across[n], out=starts[n + 1]).baddbmm_(k_end_t[n], U_n[n])
+        starts = scan_chunks(U_n, w_n, k_end_t, across, S0)  # U_n made in place
         final, starts = starts[N].clone(), starts[:N].view(X, K, V)
         out = (P @ U).baddbmm_(q_start, starts)
         ctx.save_for_backward(
             v, beta, E, a, q_e, k_e, k_d, q_start, k_gamma, k_end, across, kk, P, inverse, w,
             U, starts,
         )  # fmt: skip
-        ctx.shape = (N, R, C, K, V)
         ctx.mark_non_differentiable(final)
+        ctx.shape = (N, R, C, K, V)
         return out.view(N, R, C, V), final
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, d_out: Tensor, _d_state: Tensor
+        ctx: torch.autograd.function.FunctionCtx, d_out: Tensor, _d_state: Tensor
     ) -> tuple[Tensor | None, ...]:
         (
             v, beta, E, a, q_e, k_e, k_d, q_start, k_gamma, k_end, across, kk, P, inverse, w,
@@ -174,12 +167,4 @@ class ChunkedChannelDeltaRule(torch.autograd.Function):
         dq = dQe.mul_(E)
         dk = dKe.mul_(E).addcdiv_(dKd, E)
         d_log_alpha = _chunk_cumsum(db, reverse=True)  # b = the cumulative sums of log α
-        shape_k, shape_v = (N, R, C, K), (N, R, C, V)
-        return (
-            dq.view(shape_k),
-            dk.view(shape_k),
-            dv.view(shape_v),
-            d_beta.view(N, R, C),
-            d_log_alpha.view(shape_k),
-            None,
-        )
+        return chunk_major_grads(ctx.shape, dq, dk, dv, d_beta, d_log_alpha.view(N, R, C, K))

@@ -45,6 +45,52 @@ def _row_dots(x: Tensor, y: Tensor) -> Tensor:
     return torch.einsum("xcf,xcf->xc", x, y)
 
 
+def scan_chunks(
+    U: Tensor, w: Tensor, k_end_t: Tensor, across: Tensor | None, S0: Tensor | None
+) -> Tensor:
+    """The sequential part of the chunked delta rule: each chunk's corrected values
+    U_n = U_0 - W S_n, in place in U (N, R, C, V), and the state it leaves,
+    S_{n+1} = g ⊙ S_n + (ε ⊙ K)^T U_n (g = `across`, broadcast over S's rows; 1 when None),
+    from W = w (N, R, C, K), (ε ⊙ K)^T = k_end_t (N, R, K, C) and the entering state S0
+    (R, K, V) or None (zero) -> the states entering each chunk and the final one
+    (N + 1, R, K, V)."""
+    N, R, _, V = U.shape
+    starts = U.new_empty(N + 1, R, w.size(-1), V)
+    if S0 is None:
+        starts[0].zero_()
+    else:
+        starts[0].copy_(S0)
+    for n in range(N):
+        U[n].baddbmm_(w[n], starts[n], alpha=-1)
+        if across is None:
+            torch.baddbmm(starts[n], k_end_t[n], U[n], out=starts[n + 1])
+        else:
+            torch.mul(starts[n], across[n], out=starts[n + 1]).baddbmm_(k_end_t[n], U[n])
+    return starts
+
+
+def chunk_major_grads(
+    shape: tuple[int, int, int, int, int],
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    d_beta: Tensor,
+    d_decay: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    """What a chunk-major delta rule's backward returns, from shape = (N, R, C, K, V): dq, dk
+    (N, R, C, K), dv (N, R, C, V) and dβ (N, R, C) viewed from their (X, C, ·) forms, the
+    decay's gradient as given, and none to the entering state."""
+    N, R, C, K, V = shape
+    return (
+        dq.view(N, R, C, K),
+        dk.view(N, R, C, K),
+        dv.view(N, R, C, V),
+        d_beta.view(N, R, C),
+        d_decay,
+        None,
+    )
+
+
 class ChunkedDeltaRule(torch.autograd.Function):
     """Chunk-major inputs (chunk n of every row contiguous, for the scan): q, k (N, R, C, K),
     v (N, R, C, V), β (N, R, C), cumulative log decays b (N, R, C) or None, the entering
@@ -83,18 +129,8 @@ class ChunkedDeltaRule(torch.autograd.Function):
         del scaled
         U_n, w_n, k_end_t = U.view(N, R, C, V), w.view(N, R, C, K), k_end.view(N, R, C, K).mT
 
-        starts = q.new_empty(N + 1, R, K, V)
-        if S0 is None:
-            starts[0].zero_()
-        else:
-            starts[0].copy_(S0)
         across = None if gamma is None else gamma[:, -1].view(N, R, 1, 1)  # g = γ_C
-        for n in range(N):  # the sequential part: each chunk's corrected values and state
-            U_n[n].baddbmm_(w_n[n], starts[n], alpha=-1)
-            if across is None:
-                torch.baddbmm(starts[n], k_end_t[n], U_n[n], out=starts[n + 1])
-            else:
-                torch.mul(starts[n], across[n], out=starts[n + 1]).baddbmm_(k_end_t[n], U_n[n])
+        starts = scan_chunks(U_n, w_n, k_end_t, across, S0)  # U_n made in place
         final, starts = starts[N].clone(), starts[:N].view(N * R, K, V)
         out = (P @ U).baddbmm_(q_start, starts)
         ctx.save_for_backward(
@@ -177,12 +213,4 @@ class ChunkedDeltaRule(torch.autograd.Function):
             db -= d_to_end  # through ε_i = exp(b_C - b_i)
             db[:, -1] += d_to_end.sum(-1) + d_across.view(N * R) * gamma[:, -1]  # through g
             db = db.view(N, R, C)
-        shape_k, shape_v = (N, R, C, K), (N, R, C, V)
-        return (
-            dq.view(shape_k),
-            dk.view(shape_k),
-            dv.view(shape_v),
-            d_beta.view(N, R, C),
-            db,
-            None,
-        )
+        return chunk_major_grads(ctx.shape, dq, dk, dv, d_beta, db)

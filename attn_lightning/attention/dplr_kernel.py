@@ -29,7 +29,7 @@ Three forms that agree:
 
 `chunked_rwkv7` runs the chunked form on RWKV-7's own inputs (r, k, v, the gate logits, ξ and
 α) and forms k̃, a, b and log w from them a slab of chunks at a time, backward included
-(_RWKV7Inputs): as full-size tensors, each of them and of their gradients would cost a pass
+(dplr_terms.py): as full-size tensors, each of them and of their gradients would cost a pass
 over memory, together more than the core's own work.
 
 The factorisation multiplies by exp(-c): it needs Σ log w over a chunk to stay above
@@ -41,12 +41,23 @@ exp(-e^{-0.5}) per step by construction, so its chunks of up to 65 positions alw
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
+
+from attn_lightning.attention.chunked_channel_decay import _chunk_cumsum
+from attn_lightning.attention.dplr_terms import (
+    ChunkTerms,
+    GivenInputs,
+    RWKV7Inputs,
+    chunk_view,
+    score_mask,
+)
 
 FACTOR_BOUND = 40.0  # the most negative log-decay a chunk may hold (see the module docstring)
 
@@ -66,164 +77,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)  # the triangular solve wants >= fp32
 
 
-def _chunk_cumsum(x: Tensor, reverse: bool = False) -> Tensor:
-    """Cumulative sum (reverse: from the end) over dim 1 of x (X, C, K), in place."""
-    C = x.size(1)
-    order = range(C - 2, -1, -1) if reverse else range(1, C)
-    step = 1 if reverse else -1
-    for i in order:
-        x[:, i].add_(x[:, i + step])
-    return x
-
-
-def _score_mask(C: int, like: Tensor) -> Tensor:
-    """(2C, 2C) mask of the scores [Q̃; Ã] [K̄; B̄]^T: the query rows see positions j <= i of
-    both blocks, the reading rows (Ã) j < i (u_i reads S_{i-1})."""
-    i = torch.arange(2 * C, device=like.device)[:, None]
-    j = torch.arange(2 * C, device=like.device)[None, :]
-    return torch.where(i < C, j % C <= i % C, j % C < i % C).to(like.dtype)
-
-
-def _chunks(x: Tensor, n0: int, n1: int, C: int) -> Tensor:
-    """Chunks n0..n1-1 of x (B, H, T, D) as a view (n1 - n0, B, H, C, D): step-major, the
-    order the scan reads them in."""
-    return x[:, :, n0 * C : n1 * C].unflatten(2, (n1 - n0, C)).permute(2, 0, 1, 3, 4)
-
-
-class _ChunkTerms:
-    """The terms of a slab of s steps' chunks (the views of `_chunks`), each (X, ·, ·) with
-    X = s B H chunks, step-major: grow = exp(c) and shrink = exp(-c) (X, C, K), reads = [Q̃; Ã]
-    and keys = [K̄; B̄] (X, 2C, K), the masked scores reads keys^T (X, 2C, 2C), (I - L)^{-1}
-    (X, C, C), W (X, C, K), v and U = U_0 (X, C, V) (made U_n in place by the caller),
-    g (X, K, 1) and M (X, K, K)."""
-
-    def __init__(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor):
-        s, B, H, C, K = q.shape  # chunk views (_chunks)
-        X = s * B * H
-        c = log_w.clone(memory_format=torch.contiguous_format).view(X, C, K)
-        _chunk_cumsum(c)  # log-decay from the chunk start, position i included
-        self.grow = c.exp()
-        self.shrink = c.neg_().exp_()
-        self.reads = q.new_empty(X, 2 * C, K)
-        self.keys = q.new_empty(X, 2 * C, K)
-        reads, keys = self.reads.view(s, B, H, 2 * C, K), self.keys.view(s, B, H, 2 * C, K)
-        grow, shrink = self.grow.view(s, B, H, C, K), self.shrink.view(s, B, H, C, K)
-        torch.mul(q, grow, out=reads[..., :C, :])  # Q̃ = q exp(c)
-        reads[..., C, :].copy_(a[..., 0, :])  # Ã = a exp(e), e_i = c_{i-1}, e_0 = 0
-        torch.mul(a[..., 1:, :], grow[..., :-1, :], out=reads[..., C + 1 :, :])
-        torch.mul(k, shrink, out=keys[..., :C, :])  # K̄ = k exp(-c)
-        torch.mul(b, shrink, out=keys[..., C:, :])  # B̄ = b exp(-c)
-        self.scores = torch.bmm(self.reads, self.keys.mT).mul_(_score_mask(C, q))
-        eye = torch.eye(C, dtype=q.dtype, device=q.device)
-        self.inverse = torch.linalg.solve_triangular(  # (I - L)^{-1}, L = the strict Ã B̄^T
-            self.scores[:, C:, C:].neg(), eye, upper=False, unitriangular=True
-        )
-        self.W = torch.bmm(self.inverse, self.reads[:, C:])
-        self.v = v.reshape(X, C, v.size(-1))
-        self.U = self.inverse @ (self.scores[:, C:, :C] @ self.v)  # U_0 = (I - L)^{-1} P V
-        self.g = self.grow[:, -1, :, None]  # (X, K, 1) the decay across the chunk
-        # M = Diag(g) (I + B̄^T W): the state's transition across the chunk (X, K, K)
-        self.M = torch.bmm(self.keys[:, C:].mT, self.W)
-        self.M.diagonal(dim1=1, dim2=2).add_(1.0)
-        self.M.mul_(self.g)
-
-
-class _GivenInputs:
-    """The core's inputs as given: q, k, a, b, log w (B, H, T, K) and v (B, H, T, V)."""
-
-    def __init__(self, *tensors: Tensor) -> None:
-        self.tensors = tensors
-
-    def chunks(self, n0: int, n1: int, C: int) -> tuple[Tensor, ...]:
-        """Chunks n0..n1-1 of q, k, v, a, b and log w, (s, B, H, C, ·) each."""
-        return tuple(_chunks(x, n0, n1, C) for x in self.tensors)
-
-    def new_grads(self) -> list[Tensor]:
-        return [x.new_empty(x.shape) for x in self.tensors]
-
-    def put_grads(self, n0: int, n1: int, C: int, slab: list[Tensor], grads: list[Tensor]):
-        """The gradients to the slab's q, k, v, a, b, log w, (s, B, H, C, ·) each, into grads."""
-        for full, part in zip(grads, slab, strict=True):
-            _chunks(full, n0, n1, C).copy_(part)
-
-
-class _RWKV7Inputs:
-    """RWKV-7's inputs, from which the core's are formed a slab at a time (never a full-size
-    tensor of them, nor of their gradients): the receptance r (the query), k, v (B, H, T, D),
-    the gate logits z = [z_w | z_a] (B, H, T, 2 D), ξ and α (H, D):
-
-        log w = -s σ(z_w),  a_t = σ(z_a),  κ̂ = normalise(k ⊙ ξ),  k̃ = k ⊙ (1 + (a_t - 1) ⊙ α),
-        a = -κ̂,  b = κ̂ ⊙ a_t
-
-    (s = `decay_scale`; the norm is max(|k ⊙ ξ|, eps), F.normalize's). The backward of the
-    slab just formed (`put_grads` after `chunks`, slab by slab) is, with dκ̂ = db ⊙ a_t - da:
-
-        d a_t = db ⊙ κ̂ + dk̃ ⊙ k ⊙ α,   dα = Σ dk̃ ⊙ k ⊙ (a_t - 1),
-        d(k ⊙ ξ) = (dκ̂ - κ̂ (κ̂ · dκ̂)) / |k ⊙ ξ|  (dκ̂ / eps where the norm is eps),
-        dξ = Σ d(k ⊙ ξ) ⊙ k,   dk = dk̃ ⊙ (1 + (a_t - 1) ⊙ α) + d(k ⊙ ξ) ⊙ ξ,
-        dz_w = d log w ⊙ log w ⊙ (1 - σ(z_w)),   dz_a = d a_t ⊙ a_t ⊙ (1 - a_t)
-
-    (the sums over batch and positions: ξ and α are per channel)."""
-
-    def __init__(self, *tensors: Tensor, eps: float, decay_scale: float) -> None:
-        self.tensors = tensors  # r, k, v, z, ξ, α
-        self.eps, self.decay_scale = eps, decay_scale
-        self.formed: tuple[Tensor, ...] = ()
-
-    def chunks(self, n0: int, n1: int, C: int) -> tuple[Tensor, ...]:
-        """Chunks n0..n1-1 of r, k̃, v, a, b and log w, (s, B, H, C, ·) each."""
-        r, k, v, z, xi, alpha = self.tensors
-        D = k.size(-1)
-        xi, alpha = xi[:, None], alpha[:, None]  # (H, 1, D), against (s, B, H, C, D)
-        k, z = _chunks(k, n0, n1, C), _chunks(z, n0, n1, C)
-        sig_w = torch.sigmoid(z[..., :D])
-        log_w = sig_w * -self.decay_scale
-        rate = torch.sigmoid(z[..., D:])  # a_t
-        k_xi = k * xi
-        length = torch.linalg.vector_norm(k_xi, dim=-1, keepdim=True)
-        bounded = length < self.eps  # there the norm is the constant eps
-        norm = length.clamp_min_(self.eps)
-        kappa = k_xi.div_(norm)  # κ̂
-        boost = (rate - 1).mul_(alpha).add_(1)  # 1 + (a_t - 1) ⊙ α
-        key = boost * k  # k̃
-        self.formed = (k, sig_w, log_w, rate, kappa, norm, bounded, boost)
-        return _chunks(r, n0, n1, C), key, _chunks(v, n0, n1, C), -kappa, kappa * rate, log_w
-
-    def new_grads(self) -> list[Tensor]:
-        *per_token, xi, alpha = self.tensors  # r, k, v, z; ξ and α take sums over slabs
-        return [
-            *(x.new_empty(x.shape) for x in per_token),
-            xi.new_zeros(xi.shape),
-            alpha.new_zeros(alpha.shape),
-        ]
-
-    def put_grads(self, n0: int, n1: int, C: int, slab: list[Tensor], grads: list[Tensor]):
-        """The gradients to the slab's r, k̃, v, a, b, log w, (s, B, H, C, ·) each, as
-        gradients to r, k, v, z, ξ and α, into grads (ξ's and α's summed)."""
-        dr, d_key, dv, da, db, d_log_w = slab
-        k, sig_w, log_w, rate, kappa, norm, bounded, boost = self.formed
-        _, _, _, _, xi, alpha = self.tensors
-        xi, alpha = xi[:, None], alpha[:, None]
-        g_r, g_k, g_v, g_z, g_xi, g_alpha = grads
-        D = k.size(-1)
-        _chunks(g_r, n0, n1, C).copy_(dr)
-        _chunks(g_v, n0, n1, C).copy_(dv)
-        d_kappa = (db * rate).sub_(da)
-        key_by_k = d_key * k  # dk̃ ⊙ k
-        g_alpha += (key_by_k * (rate - 1)).sum((0, 1, 3))
-        d_rate = (key_by_k.mul_(alpha)).addcmul_(db, kappa)
-        along = (kappa * d_kappa).sum(-1, keepdim=True).masked_fill_(bounded, 0.0)
-        d_k_xi = d_kappa.addcmul_(kappa, along, value=-1).div_(norm)  # d(k ⊙ ξ)
-        g_xi += (d_k_xi * k).sum((0, 1, 3))
-        dk = d_key.mul_(boost).addcmul_(d_k_xi, xi)
-        _chunks(g_k, n0, n1, C).copy_(dk)
-        g_z = _chunks(g_z, n0, n1, C)
-        torch.mul(d_log_w * log_w, 1 - sig_w, out=g_z[..., :D])
-        torch.mul(d_rate.mul_(rate), 1 - rate, out=g_z[..., D:])
-
-
 def _dplr_forward(
-    inputs: _GivenInputs | _RWKV7Inputs, S0: Tensor | None, C: int
+    inputs: GivenInputs | RWKV7Inputs, S0: Tensor | None, C: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The chunked forward, a slab at a time -> O (B, H, T, V), the states entering the
     chunks and the final one (N + 1, B H, K, V), and the final state (B H, K, V)."""
@@ -241,7 +96,7 @@ def _dplr_forward(
     for n0 in range(0, N, steps):
         n1 = min(N, n0 + steps)
         s, X = n1 - n0, (n1 - n0) * R
-        t = _ChunkTerms(*inputs.chunks(n0, n1, C))
+        t = ChunkTerms(*inputs.chunks(n0, n1, C))
         lowest = torch.minimum(lowest, t.g.amin())  # the strongest decay across a chunk
         # the scan S_{n+1} = M_n S_n + R_n, R = Diag(g) (K̄^T V + B̄^T U_0)
         R_n = torch.bmm(t.keys[:, :C].mT, t.v).baddbmm_(t.keys[:, C:].mT, t.U).mul_(t.g)
@@ -252,7 +107,7 @@ def _dplr_forward(
         U = t.U.baddbmm_(t.W, starts)  # U_n = U_0 + W S_n
         o = torch.bmm(t.scores[:, :C, :C], t.v).baddbmm_(t.scores[:, :C, C:], U)
         o.baddbmm_(t.reads[:, :C], starts)
-        _chunks(out, n0, n1, C).copy_(o.view(s, B, H, C, V))
+        chunk_view(out, n0, n1, C).copy_(o.view(s, B, H, C, V))
     if not bool(lowest >= math.exp(-FACTOR_BOUND)):  # one check (a host sync on a GPU)
         raise ValueError(
             f"chunked_dplr: a chunk's log-decay is below -{FACTOR_BOUND:g} or not finite; "
@@ -262,7 +117,7 @@ def _dplr_forward(
 
 
 def _dplr_backward(
-    inputs: _GivenInputs | _RWKV7Inputs, states: Tensor, d_out: Tensor, C: int
+    inputs: GivenInputs | RWKV7Inputs, states: Tensor, d_out: Tensor, C: int
 ) -> list[Tensor]:
     """The chunked backward, a slab at a time from the last (ChunkedDPLR's docstring)."""
     q, _, v = inputs.tensors[:3]
@@ -271,14 +126,14 @@ def _dplr_backward(
     steps = max(1, SLAB_CHUNKS // R)
     grads = inputs.new_grads()
     dS = q.new_zeros(R, K, V)  # dS_{n+1}; the final state takes no gradient
-    mask = _score_mask(C, q)
+    mask = score_mask(C, q)
     for n0 in reversed(range(0, N, steps)):
         n1 = min(N, n0 + steps)
         s, X = n1 - n0, (n1 - n0) * R
-        t = _ChunkTerms(*inputs.chunks(n0, n1, C))
+        t = ChunkTerms(*inputs.chunks(n0, n1, C))
         starts = states[n0:n1].view(X, K, V)
         values = torch.cat((t.v, t.U.baddbmm_(t.W, starts)), 1)  # [V; U], U_n = U_0 + W S_n
-        dO = _chunks(d_out, n0, n1, C).reshape(X, C, V)
+        dO = chunk_view(d_out, n0, n1, C).reshape(X, C, V)
         q_t, a_t, k_bar, b_bar = (t.reads[:, :C], t.reads[:, C:], t.keys[:, :C], t.keys[:, C:])
 
         # the reverse scan dS_n = M_n^T dS_{n+1} + Q̃^T dO_n + W^T tril(Q̃ B̄^T)^T dO_n;
@@ -342,70 +197,34 @@ class ChunkedDPLR(torch.autograd.Function):
     chunks, (N + 1, B H, K, V), are kept. Full-size temporaries would each cost a fresh
     allocation whose pages fault in and a trip through memory (chunked_linear.py, where the
     same was measured). The step-major order makes each step of the scan one contiguous
-    batch of B H products."""
+    batch of B H products.
+
+    The inputs come as `tensors` with `make_inputs`, which wraps them: GivenInputs for the
+    core's own (q, k, v, a, b, log w), or RWKV7Inputs for RWKV-7's (r, k, v, z, ξ, α), whose
+    core inputs are formed slab by slab in the forward and again in the backward, which takes
+    their gradients back to these."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        a: Tensor,
-        b: Tensor,
-        log_w: Tensor,
+        ctx: FunctionCtx,
+        make_inputs: Callable[..., GivenInputs | RWKV7Inputs],
         S0: Tensor | None,
         C: int,
+        *tensors: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        out, states, final = _dplr_forward(_GivenInputs(q, k, v, a, b, log_w), S0, C)
-        ctx.save_for_backward(q, k, v, a, b, log_w, states)
-        ctx.chunk_size = C
+        out, states, final = _dplr_forward(make_inputs(*tensors), S0, C)
         ctx.mark_non_differentiable(final)
+        ctx.save_for_backward(*tensors, states)
+        ctx.make_inputs, ctx.chunk_size = make_inputs, C
         return out, final
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, d_out: Tensor, _d_final: Tensor
+        ctx: FunctionCtx, d_out: Tensor, _d_final: Tensor
     ) -> tuple[Tensor | None, ...]:
         *tensors, states = ctx.saved_tensors
-        grads = _dplr_backward(_GivenInputs(*tensors), states, d_out, ctx.chunk_size)
-        return (*grads, None, None)
-
-
-class ChunkedRWKV7(torch.autograd.Function):
-    """ChunkedDPLR on RWKV-7's inputs (_RWKV7Inputs): r, k, v (B, H, T, D), the gate logits
-    z (B, H, T, 2 D), ξ, α (H, D), the entering state S0 or None -> O (B, H, T, D) and the
-    final state. The core's own inputs are formed slab by slab in the forward and again in
-    the backward, which takes their gradients back to these."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        r: Tensor,
-        k: Tensor,
-        v: Tensor,
-        z: Tensor,
-        xi: Tensor,
-        alpha: Tensor,
-        S0: Tensor | None,
-        C: int,
-        eps: float,
-        decay_scale: float,
-    ) -> tuple[Tensor, Tensor]:
-        inputs = _RWKV7Inputs(r, k, v, z, xi, alpha, eps=eps, decay_scale=decay_scale)
-        out, states, final = _dplr_forward(inputs, S0, C)
-        ctx.save_for_backward(r, k, v, z, xi, alpha, states)
-        ctx.options = C, eps, decay_scale
-        ctx.mark_non_differentiable(final)
-        return out, final
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, d_out: Tensor, _d_final: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        *tensors, states = ctx.saved_tensors
-        C, eps, decay_scale = ctx.options
-        inputs = _RWKV7Inputs(*tensors, eps=eps, decay_scale=decay_scale)
-        return (*_dplr_backward(inputs, states, d_out, C), None, None, None, None)
+        grads = _dplr_backward(ctx.make_inputs(*tensors), states, d_out, ctx.chunk_size)
+        return (None, None, None, *grads)
 
 
 def _carried(state: DPLRState | None, like: Tensor, rows: int) -> Tensor | None:
@@ -439,7 +258,8 @@ def chunked_dplr(
     pad = (-T) % C  # padded positions: q = k = v = a = b = 0, w = 1; they change nothing
     if pad:
         q, k, v, a, b, log_w = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, a, b, log_w))
-    out, S = ChunkedDPLR.apply(q, k, v, a, b, log_w, _carried(state, q, B * H), C)
+    S0 = _carried(state, q, B * H)
+    out, S = ChunkedDPLR.apply(GivenInputs, S0, C, q, k, v, a, b, log_w)
     if state is not None:
         state.S = S.view(B, H, *S.shape[1:])
         state.length += T
@@ -458,7 +278,7 @@ def chunked_rwkv7(
     decay_scale: float,
     state: DPLRState | None = None,
 ) -> Tensor:
-    """RWKV-7's time mixing on the chunked core, its inputs formed inside (_RWKV7Inputs): r, k,
+    """RWKV-7's time mixing on the chunked core, its inputs formed inside (RWKV7Inputs): r, k,
     v (B, H, T, D), gate logits z = [z_w | z_a] (B, H, T, 2 D), ξ, α (H, D) -> o (B, H, T, D).
     The same as chunked_dplr on the inputs it forms; continues from `state` when given."""
     dtype = v.dtype
@@ -470,7 +290,8 @@ def chunked_rwkv7(
         r, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, v))
         z = F.pad(z, (0, 0, 0, pad), value=float("-inf"))
     S0 = _carried(state, r, B * H)
-    out, S = ChunkedRWKV7.apply(r, k, v, z, xi, alpha, S0, C, eps, decay_scale)
+    make_inputs = functools.partial(RWKV7Inputs, eps=eps, decay_scale=decay_scale)
+    out, S = ChunkedDPLR.apply(make_inputs, S0, C, r, k, v, z, xi, alpha)
     if state is not None:
         state.S = S.view(B, H, *S.shape[1:])
         state.length += T

@@ -146,22 +146,7 @@ class GatedDeltaProduct(DeltaRuleAttention):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The base's split with n_h k and v heads per k/v head: q (B, H, T, D), k and v
         (B, n_h H_kv, T, D)."""
-        B, T, _ = qkv.shape
-        if self.qkv_conv is not None:
-            qkv, state = self.qkv_conv(qkv, None if conv_cache is None else conv_cache.conv)
-            if conv_cache is not None:
-                conv_cache.conv = state
-        heads = (
-            qkv.view(B, -1, 1, self.head_dim)
-            if T == 1
-            else qkv.view(B, T, -1, self.head_dim).transpose(1, 2)
-        )
-        kv = self.num_householder * self.n_kv_head
-        q, k, v = heads.split_with_sizes([self.n_head, kv, kv], dim=1)
-        if self.q_norm is not None and self.k_norm is not None:  # RMSNorm per head
-            q = F.rms_norm(q, (self.head_dim,), self.q_norm.weight, self.q_norm.eps)
-            k = F.rms_norm(k, (self.head_dim,), self.k_norm.weight, self.k_norm.eps)
-        return q, k, v
+        return super()._split_qkv(qkv, conv_cache, self.num_householder * self.n_kv_head)
 
     def _substeps(self, x: Tensor) -> Tensor:
         """k or v (B, n_h H_kv, T, D) -> (B, H, n_h T, D): heads repeated to H, the sub-steps
