@@ -111,6 +111,7 @@ class GPTConfig:
     dropout: float = MISSING
     bias: bool = MISSING
     pos_embedding: PosEmbedding = MISSING
+    mlp: bool = MISSING
     vocab_size: int | None = None  # from the tokenizer; a value given must agree with it
 
 

@@ -1,5 +1,6 @@
 """A GPT whose attention is injected: token (+ learned position) embeddings, pre-LayerNorm
-blocks with a GELU MLP, tied output head, GPT-2 initialisation.
+blocks with a GELU MLP (or, `mlp=False`, attention alone: Zoology's Figure-2 blocks), tied output
+head, GPT-2 initialisation.
 
 The model never imports a concrete attention variant. It receives `attention`, a factory
 (a class or a `functools.partial`) called once per layer as
@@ -77,18 +78,28 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)); with
+    `mlp=False` the first half alone (no MLP and no second norm)."""
 
-    def __init__(self, attention: CausalSelfAttention, n_embd: int, dropout: float, bias: bool):
+    def __init__(
+        self,
+        attention: CausalSelfAttention,
+        n_embd: int,
+        dropout: float,
+        bias: bool,
+        mlp: bool = True,
+    ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
         self.attn = attention
-        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias) if mlp else None
+        self.mlp = MLP(n_embd, dropout, bias) if mlp else None
 
     def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
         a, att = self.attn(self.ln_1(x), return_attn=return_attn)
         x = x + a
+        if self.mlp is None:
+            return x, att
         return x + self.mlp(self.ln_2(x)), att
 
     def step(self, x: Tensor, cache: Any, positions: Tensor | None = None) -> Tensor:
@@ -97,6 +108,8 @@ class Block(nn.Module):
         costs microseconds of overhead, its arithmetic far less), so this path calls no
         submodule (no `__call__`, no hooks) and creates no tensor it does not need."""
         x = x + self.attn.step(layer_norm(self.ln_1, x), cache, positions)
+        if self.mlp is None:
+            return x
         return x + self.mlp.step(layer_norm(self.ln_2, x))
 
 
@@ -115,6 +128,7 @@ class GPT(nn.Module):
         bias: bool = False,
         pos_embedding: str = "learned",
         layer_attention: Mapping[int | str, AttentionFactory] | None = None,
+        mlp: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -141,7 +155,9 @@ class GPT(nn.Module):
         sizes = dict(
             n_embd=n_embd, n_head=n_head, block_size=block_size, dropout=dropout, bias=bias
         )
-        self.blocks = nn.ModuleList(Block(f(**sizes), n_embd, dropout, bias) for f in factories)
+        self.blocks = nn.ModuleList(
+            Block(f(**sizes), n_embd, dropout, bias, mlp) for f in factories
+        )
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017)
@@ -157,7 +173,8 @@ class GPT(nn.Module):
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
         for block in self.blocks:
-            for residual in (block.attn.proj, block.mlp.proj):
+            residuals = [block.attn.proj] + ([block.mlp.proj] if block.mlp is not None else [])
+            for residual in residuals:
                 nn.init.normal_(residual.weight, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
     def num_params(self, non_embedding: bool = True) -> int:
