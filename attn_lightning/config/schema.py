@@ -154,28 +154,22 @@ class TaskDataConfig:
 
 
 @dataclass
-class MQARSettingConfig:
-    """One (sequence length, number of key-value pairs) of MQAR."""
-
-    seq_len: int = MISSING
-    num_kv_pairs: int = MISSING
-
-
-@dataclass
-class MQARDataConfig:
-    """conf/data/mqar.yaml (attn_lightning/data/mqar_datamodule.py)."""
+class TokenTaskDataConfig:
+    """conf/data/<token task>.yaml (attn_lightning/data/token_task_datamodule.py); `task` is the
+    task's own config (`_target_` and its options); a setting is a dict of the task's keys
+    (MQAR: `{seq_len, num_kv_pairs}`), checked by the task."""
 
     _target_: str = MISSING
+    task: Any = MISSING
     vocab_size: int = MISSING
     block_size: int = MISSING
-    train_settings: list[MQARSettingConfig] = MISSING
-    test_settings: list[MQARSettingConfig] = MISSING
+    train_settings: list[dict[str, Any]] = MISSING
+    test_settings: list[dict[str, Any]] = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
+    train_size: int | None = MISSING
     val_size: int = MISSING
     test_size: int = MISSING
-    power_alpha: float = MISSING
-    random_non_queries: bool = MISSING
     eval_fraction: float = MISSING
     seed: int = MISSING
     eval_seed: int = MISSING
@@ -262,4 +256,4 @@ def register_schemas() -> None:
     store.store(name="gpt_schema", node=GPTConfig)
     store.store(name="shakespeare_schema", node=ShakespeareDataConfig)
     store.store(name="task_schema", node=TaskDataConfig)
-    store.store(name="mqar_schema", node=MQARDataConfig)
+    store.store(name="token_task_schema", node=TokenTaskDataConfig)

@@ -29,7 +29,7 @@ class LanguageModelData(L.LightningDataModule):
     """
 
     answer_metrics: ClassVar[bool] = False
-    teacher_forced_answers: ClassVar[bool] = False
+    teacher_forced_answers: bool = False  # a class constant, or set per instance
     test_splits: tuple[str, ...] = ("test",)  # a class constant, or set per instance
     tokenizer: Any  # encode(str) -> Tensor, decode(ids) -> str, vocab_size, state_dict()
     block_size: int  # tokens per input sequence; the model must hold at least this many

@@ -26,14 +26,14 @@ placement.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.tasks import split_of
+from attn_lightning.data.token_task import Setting, TokenExamples, TokenTask, int_fields
 from attn_lightning.errors import ConfigError
 
 FILLER = 0  # the token of the non-query positions without random_non_queries
@@ -99,32 +99,41 @@ def weighted_distinct_draws(
     return np.argsort(-keys, axis=1)[:, :k]
 
 
-@dataclass(frozen=True)
-class MQARExamples:
-    """`count` examples of one setting: token ids, and where each split-deciding context is."""
-
-    inputs: np.ndarray  # (N, seq_len) int64
-    targets: np.ndarray  # (N, seq_len) int64, IGNORE except at the queries
-    setting: MQARSetting
-
-    @property
-    def contexts(self) -> np.ndarray:
-        """(N, 2n): the key-value tokens that decide each example's split."""
-        return self.inputs[:, : 2 * self.setting.num_kv_pairs]
-
-    def splits(self, eval_fraction: float) -> list[str]:
-        return [context_split(row, eval_fraction) for row in self.contexts]
-
-    def select(self, rows: np.ndarray | list[int]) -> MQARExamples:
-        return MQARExamples(self.inputs[rows], self.targets[rows], self.setting)
-
-    def tensors(self) -> tuple[Tensor, Tensor]:
-        return torch.from_numpy(self.inputs.copy()), torch.from_numpy(self.targets.copy())
+def pairs(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(N, m) keys and (N, m) values -> (N, 2m) tokens k1 v1 k2 v2 ..."""
+    context = np.empty((len(keys), 2 * keys.shape[1]), dtype=np.int64)
+    context[:, 0::2] = keys
+    context[:, 1::2] = values
+    return context
 
 
-def context_split(context: np.ndarray, eval_fraction: float) -> str:
-    """train / val / test of an example, from its key-value tokens alone (tasks.split_of)."""
-    return split_of(" ".join(map(str, context.tolist())), eval_fraction)
+def recall_examples(
+    rng: np.random.Generator,
+    setting: Setting,
+    context: np.ndarray,
+    split_keys: np.ndarray,
+    keys: np.ndarray,
+    answers: np.ndarray,
+    vocab_size: int,
+    alpha: float,
+    random_non_queries: bool,
+) -> TokenExamples:
+    """Examples of `setting.seq_len` tokens: `context` (N, C), then each of the n `keys` (N, n)
+    queried once, at the first token of a two-token slot of the query region drawn by the power
+    law, its target the matching entry of `answers` (N, n); filler (or random ids) elsewhere."""
+    count, length, start = len(context), setting.seq_len, context.shape[1]
+    probabilities = query_slot_probabilities((length - start) // 2, alpha)
+    slots = weighted_distinct_draws(rng, count, probabilities, keys.shape[1])  # (N, n)
+    inputs = np.full((count, length), FILLER, dtype=np.int64)
+    if random_non_queries:
+        inputs = rng.integers(0, vocab_size, size=(count, length), dtype=np.int64)
+    targets = np.full((count, length), IGNORE, dtype=np.int64)
+    inputs[:, :start] = context
+    query_positions = start + 2 * slots  # (N, n): key j is queried at query_positions[:, j]
+    rows = np.arange(count)[:, None]
+    inputs[rows, query_positions] = keys
+    targets[rows, query_positions] = answers
+    return TokenExamples(inputs, targets, split_keys, setting)
 
 
 def draw_examples(
@@ -134,23 +143,45 @@ def draw_examples(
     vocab_size: int,
     alpha: float,
     random_non_queries: bool,
-) -> MQARExamples:
-    """`count` examples of `setting` (any split: callers filter with `MQARExamples.splits`)."""
-    n, length = setting.num_kv_pairs, setting.seq_len
-    half = vocab_size // 2
+) -> TokenExamples:
+    """`count` examples of `setting`, split by their key-value context."""
+    n, half = setting.num_kv_pairs, vocab_size // 2
     keys = distinct_draws(rng, count, 1, half, n)  # (N, n)
     values = distinct_draws(rng, count, half, vocab_size, n)  # (N, n)
-    slots = weighted_distinct_draws(
-        rng, count, query_slot_probabilities(setting.query_slots, alpha), n
+    context = pairs(keys, values)  # (N, 2n)
+    return recall_examples(
+        rng, setting, context, context, keys, values, vocab_size, alpha, random_non_queries
     )
-    inputs = np.full((count, length), FILLER, dtype=np.int64)
-    if random_non_queries:
-        inputs = rng.integers(0, vocab_size, size=(count, length), dtype=np.int64)
-    targets = np.full((count, length), IGNORE, dtype=np.int64)
-    inputs[:, 0 : 2 * n : 2] = keys
-    inputs[:, 1 : 2 * n : 2] = values
-    query_positions = 2 * n + 2 * slots  # (N, n): key j is queried at query_positions[:, j]
-    rows = np.arange(count)[:, None]
-    inputs[rows, query_positions] = keys
-    targets[rows, query_positions] = values
-    return MQARExamples(inputs, targets, setting)
+
+
+class MQARTask(TokenTask):
+    """MQAR over ids 0 .. vocab_size - 1 (see the module docstring); a setting is
+    `{seq_len, num_kv_pairs}`.
+
+    power_alpha: P(query slot i) proportional to (i + 1)^(alpha - 1); 1 is uniform.
+    random_non_queries: the non-query positions hold uniform random ids, not the filler 0.
+    """
+
+    teacher_forced_answers = True  # no answer is an input: argmax of one forward pass
+
+    def __init__(
+        self, vocab_size: int, power_alpha: float = 0.01, random_non_queries: bool = False
+    ) -> None:
+        super().__init__(vocab_size)
+        if power_alpha <= 0:
+            raise ConfigError(f"data.task.power_alpha must be > 0 (1 = uniform), got {power_alpha}")
+        self.power_alpha = power_alpha
+        self.random_non_queries = random_non_queries
+
+    def setting(self, entry: Mapping[str, Any], key: str) -> MQARSetting:
+        setting = MQARSetting(*int_fields(entry, key, ("seq_len", "num_kv_pairs")))
+        setting.check(self.vocab_size, key)
+        return setting
+
+    def seed_words(self, setting: MQARSetting) -> tuple[int, ...]:
+        return (setting.seq_len, setting.num_kv_pairs)
+
+    def draw(self, rng: np.random.Generator, setting: MQARSetting, count: int) -> TokenExamples:
+        return draw_examples(
+            rng, setting, count, self.vocab_size, self.power_alpha, self.random_non_queries
+        )

@@ -19,7 +19,7 @@ share a split, so no evaluation example is ever trained on, whatever the samplin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from attn_lightning.data.tasks import split_of
+from attn_lightning.errors import ConfigError
 
 
 class Setting(Protocol):
@@ -45,6 +46,17 @@ class Setting(Protocol):
 def split_of_keys(keys: np.ndarray, eval_fraction: float) -> str:
     """train / val / test of an example, from its split keys alone (tasks.split_of)."""
     return split_of(" ".join(map(str, keys.tolist())), eval_fraction)
+
+
+def int_fields(entry: Mapping[str, Any], key: str, names: Sequence[str]) -> list[int]:
+    """The integers `names` of a setting's config entry, in that order: a one-line ConfigError
+    naming `key` unless the entry has exactly these keys, each an integer."""
+    if not isinstance(entry, Mapping) or set(entry) != set(names):
+        raise ConfigError(f"{key} = {entry}: give exactly {', '.join(names)}")
+    values = [entry[name] for name in names]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{key} = {dict(entry)}: {', '.join(names)} must be integers")
+    return values
 
 
 @dataclass(frozen=True)
@@ -91,3 +103,9 @@ class TokenTask(ABC):
     def draw(self, rng: np.random.Generator, setting: Any, count: int) -> TokenExamples:
         """`count` examples of `setting`, from `rng` alone, of any split: callers keep the split
         they need with `TokenExamples.splits`."""
+
+    def seed_words(self, setting: Any) -> tuple[int, ...]:
+        """Non-negative integers naming `setting` in the seed of its fixed examples (with the
+        seed and the split), so they stay the same whichever other settings are listed: the
+        bytes of its name, unless a task names its settings otherwise."""
+        return tuple(setting.name.encode())

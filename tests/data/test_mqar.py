@@ -15,8 +15,9 @@ from hydra.utils import instantiate
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
 from attn_lightning.data.mqar import MQARSetting, draw_examples, weighted_distinct_draws
-from attn_lightning.data.mqar_datamodule import MQARBatches, MQARDataModule
+from attn_lightning.data.mqar_datamodule import MQARDataModule
 from attn_lightning.data.mqar_tokenizer import IntTokenizer
+from attn_lightning.data.token_task_datamodule import TokenTaskBatches
 from attn_lightning.errors import ConfigError
 from attn_lightning.training.metrics import StageMetrics
 
@@ -39,10 +40,10 @@ def datamodule(vocab_size: int = 16, **overrides) -> MQARDataModule:
 
 
 def training_batches(dm: MQARDataModule, count: int, rank: int = 0) -> list:
-    batches = MQARBatches(
+    batches = TokenTaskBatches(
+        dm.task,
         dm.train_settings,
         dm.batch_size,
-        draw=dm.draw,
         eval_fraction=dm.eval_fraction,
         num_batches=count,
         seed=dm.seed,
