@@ -65,6 +65,11 @@ class PasskeySetting:
         return f"L{self.seq_len}_d" + f"{100 * self.depth:g}".replace(".", "p")
 
 
+def is_number(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    """`value` is an instance of `kinds`, and not a bool (which Python counts as an int)."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 class Passkey(TokenTask):
     """Find the passkey in the filler (see the module docstring).
 
@@ -84,13 +89,17 @@ class Passkey(TokenTask):
         return seq_len - 2 * self.digits - 1
 
     def setting(self, entry: Mapping[str, Any], key: str) -> PasskeySetting:
-        if set(entry) != {"seq_len", "depth"}:
+        if not isinstance(entry, Mapping) or set(entry) != {"seq_len", "depth"}:
             raise ConfigError(
-                f"{key} = {dict(entry)}: give exactly seq_len and depth (a fraction in [0, 1], "
-                "or null for a uniform depth)"
+                f"{key} = {entry}: give exactly seq_len and depth (a fraction in [0, 1], or null "
+                "for a uniform depth)"
             )
-        seq_len, depth = int(entry["seq_len"]), entry["depth"]
-        if depth is not None and not 0.0 <= float(depth) <= 1.0:
+        seq_len, depth = entry["seq_len"], entry["depth"]
+        if not is_number(seq_len, int) or not (depth is None or is_number(depth, (int, float))):
+            raise ConfigError(
+                f"{key} = {dict(entry)}: seq_len must be an integer, depth a number or null"
+            )
+        if depth is not None and not 0.0 <= depth <= 1.0:
             raise ConfigError(
                 f"{key}: depth={depth} is outside [0, 1] (the passkey's place in the filler: 0 "
                 "first, 1 just before the query); give a fraction in [0, 1], or null for uniform"

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from attn_lightning.data.token_task import TokenExamples, TokenTask
+from attn_lightning.data.token_task import TokenExamples, TokenTask, int_fields
 from attn_lightning.errors import ConfigError
 
 
@@ -96,9 +96,7 @@ class WordProblem(TokenTask):
         self.split_prefix = split_prefix
 
     def setting(self, entry: Mapping[str, Any], key: str) -> LengthSetting:
-        if set(entry) != {"seq_len"}:
-            raise ConfigError(f"{key} = {dict(entry)}: give exactly seq_len")
-        seq_len = int(entry["seq_len"])
+        (seq_len,) = int_fields(entry, key, ["seq_len"])
         if seq_len < self.split_prefix:
             raise ConfigError(
                 f"{key}: seq_len={seq_len} is shorter than data.task.split_prefix="

@@ -8,9 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
+from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
 from attn_lightning.data.passkey import Passkey
+from attn_lightning.data.token_task_datamodule import TokenTaskBatches
 from attn_lightning.errors import ConfigError
 from attn_lightning.training.answers import exact_matches, greedy_answers
 
@@ -108,6 +112,8 @@ def test_an_example_s_split_is_its_passkey_at_any_depth_and_length():
         ({"seq_len": 64, "depth": 1.5}, r"depth=1.5 is outside \[0, 1\]"),
         ({"seq_len": 10, "depth": 0.5}, r"seq_len=10 cannot hold a 5-digit passkey.*>= 11"),
         ({"seq_len": 64}, r"give exactly seq_len and depth"),
+        ({"seq_len": "64", "depth": 0.5}, r"seq_len must be an integer, depth a number or null"),
+        ({"seq_len": 64, "depth": True}, r"seq_len must be an integer, depth a number or null"),
     ],
 )
 def test_bad_settings_are_one_line_errors_naming_the_key(entry, message):
@@ -120,3 +126,30 @@ def test_bad_settings_are_one_line_errors_naming_the_key(entry, message):
 def test_digits_must_be_positive():
     with pytest.raises(ConfigError, match=r"^data\.task\.digits must be >= 1"):
         Passkey(0)
+
+
+def test_the_preset_composes_into_a_length_by_depth_grid_scoring_the_digits_only():
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=.", "data=passkey"])
+    dm = instantiate(cfg.data)
+    assert cfg.model.block_size == dm.block_size == 256
+    assert not dm.teacher_forced_answers  # exact match decodes greedily
+    grid = [f"test_L{n}_d{d}" for n in (64, 128, 256) for d in (0, 25, 50, 75, 100)]
+    assert dm.test_splits == ("test", *grid)
+    batches = TokenTaskBatches(
+        dm.task,
+        dm.train_settings,
+        dm.batch_size,
+        eval_fraction=dm.eval_fraction,
+        train_sets=dm.train_sets,
+        num_batches=1,
+        seed=dm.seed,
+    )
+    inputs, targets = batches[0]
+    digits = cfg.data.task.digits
+    assert inputs.shape == targets.shape
+    assert inputs.shape[0] == cfg.data.batch_size and inputs.shape[1] in (64, 128)
+    for row, answer in zip(inputs.tolist(), targets.tolist(), strict=True):
+        scored = [t for t in answer if t != IGNORE]
+        assert answer[-digits:] == scored  # the last `digits` positions, and only those
+        assert [t - DIGIT_0 for t in scored] == read_passkey(row, digits)

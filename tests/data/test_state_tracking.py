@@ -9,9 +9,13 @@ import itertools
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
+from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.state_tracking import S5, Parity
 from attn_lightning.data.token_task import split_of_keys
+from attn_lightning.data.token_task_datamodule import TokenTaskBatches
 from attn_lightning.errors import ConfigError
 
 # the elements as the docstring defines them: tuples (p(0), .., p(4)) in lexicographic order
@@ -28,14 +32,27 @@ def draw(task, seq_len: int, count: int, seed: int = 0):
     return task.draw(np.random.default_rng(seed), task.setting({"seq_len": seq_len}, "k"), count)
 
 
-def test_s5_targets_are_the_running_composition():
-    examples = draw(S5(), 24, 50)
-    assert examples.inputs.shape == examples.targets.shape == (50, 24)
-    for row, answers in zip(examples.inputs.tolist(), examples.targets.tolist(), strict=True):
+def check_s5(inputs: list[list[int]], targets: list[list[int]]) -> None:
+    """Every target is the composition of the inputs so far, by tuples."""
+    for row, answers in zip(inputs, targets, strict=True):
         state = IDENTITY
         for g, answer in zip(row, answers, strict=True):
             state = then(state, ELEMENTS[g])
             assert answer == ELEMENTS.index(state)
+
+
+def check_parity(inputs: list[list[int]], targets: list[list[int]]) -> None:
+    """Every target is the sum of the bits so far, mod 2."""
+    for row, answers in zip(inputs, targets, strict=True):
+        assert set(row) <= {0, 1}
+        for t, answer in enumerate(answers):
+            assert answer == sum(row[: t + 1]) % 2
+
+
+def test_s5_targets_are_the_running_composition():
+    examples = draw(S5(), 24, 50)
+    assert examples.inputs.shape == examples.targets.shape == (50, 24)
+    check_s5(examples.inputs.tolist(), examples.targets.tolist())
 
 
 def test_s5_convention_of_the_docstring_example():
@@ -68,9 +85,7 @@ def test_s5_table_is_the_group():
 def test_parity_targets_are_the_running_parity():
     examples = draw(Parity(split_prefix=4), 20, 50)
     assert set(np.unique(examples.inputs)) == {0, 1}
-    for row, answers in zip(examples.inputs.tolist(), examples.targets.tolist(), strict=True):
-        for t, answer in enumerate(answers):
-            assert answer == sum(row[: t + 1]) % 2
+    check_parity(examples.inputs.tolist(), examples.targets.tolist())
 
 
 def test_last_input_predicts_s5_only_after_an_identity_and_a_constant_predicts_half_parity():
@@ -128,6 +143,7 @@ def test_no_evaluation_example_starts_a_training_example_of_another_length():
     [
         (Parity(), {"seq_len": 8}, r"^data\.test_settings\[1\]: seq_len=8 is shorter than data"),
         (S5(), {"seq_len": 8, "depth": 0.5}, r"^data\.test_settings\[1\] = .*give exactly seq_len"),
+        (S5(), {"seq_len": "8"}, r"^data\.test_settings\[1\] = .*must be integers"),
     ],
 )
 def test_bad_settings_are_one_line_errors_naming_the_key(task, entry, message):
@@ -139,3 +155,26 @@ def test_bad_settings_are_one_line_errors_naming_the_key(task, entry, message):
 def test_split_prefix_must_be_positive():
     with pytest.raises(ConfigError, match=r"^data\.task\.split_prefix must be >= 1"):
         S5(split_prefix=0)
+
+
+@pytest.mark.parametrize("data, check", [("s5", check_s5), ("parity", check_parity)])
+def test_the_preset_composes_and_its_first_batch_scores_every_position(data, check):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=.", f"data={data}"])
+    dm = instantiate(cfg.data)
+    assert cfg.model.block_size == dm.block_size == 128
+    assert dm.teacher_forced_answers  # every answer is read from one forward pass
+    assert dm.test_splits == ("test", "test_L32", "test_L64", "test_L128")
+    batches = TokenTaskBatches(
+        dm.task,
+        dm.train_settings,
+        dm.batch_size,
+        eval_fraction=dm.eval_fraction,
+        train_sets=dm.train_sets,
+        num_batches=1,
+        seed=dm.seed,
+    )
+    inputs, targets = batches[0]
+    assert inputs.shape == targets.shape
+    assert inputs.shape[0] == cfg.data.batch_size and inputs.shape[1] in (16, 32)
+    check(inputs.tolist(), targets.tolist())  # every position scored, with its answer
