@@ -5,8 +5,9 @@ A run's record is filled in parts, each producer handing its values to `update_r
 merges them into what is there and rewrites the file atomically:
 - the sweep report (Hydra callback) at job start: status `running`, overrides, the settings a
   fair comparison shares, the process; at job end: status `completed`/`failed`, error, wall time;
-- `train()` after fit and after test: the variant (config option and config), parameter count,
-  the decoding state's bytes per sequence at the block size, steps trained, final metrics.
+- `train()` after fit and after test: the variant (config option and config), the data option
+  (the task), the device, parameter count, the decoding state's bytes per sequence at the
+  block size, steps trained, final metrics.
   These are what every comparison needs, so no optional callback owns them;
 - the memory monitor: whether its peaks are the run's own or the process's;
 - the run report: what only it computes (attention pattern, statistics, layer-0 mask).
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 
 from attn_lightning.analysis.state_size import decoding_state_bytes
@@ -57,6 +59,8 @@ class RunRecord:
     attention_option: str | None = None  # the config option, `attention=gqa`: the variant's name
     attention: dict[str, Any] = field(default_factory=dict)  # its resolved config (_target_, ...)
     attention_layout: list[str] | None = None  # each layer's variant, ["gla", "vanilla", ...]
+    data_option: str | None = None  # the data config option, `data=mqar`: the run's task
+    device: str | None = None  # what it trained on: `cpu`, `cuda: NVIDIA H100 80GB HBM3`
     params: int | None = None  # as GPT.num_params counts them
     decoding_state_bytes: int | None = None  # per sequence, all layers (analysis/state_size.py)
     decoding_state_context: int | None = None  # ... after this many tokens: the block size
@@ -166,6 +170,14 @@ def attention_layout(module: L.LightningModule) -> list[str]:
     return layout
 
 
+def device_name(device: torch.device) -> str:
+    """`cpu`, or a GPU's type with its name (`cuda: NVIDIA H100 80GB HBM3`): the machine a
+    report states its numbers for."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 def read_record(run_dir: str | Path) -> RunRecord | None:
     """The run's record; None when there is none or it cannot be read (a report must not die
     on one damaged run)."""
@@ -209,6 +221,8 @@ def record_training(
             attention_option=chosen_option("attention"),
             attention=dict(module.hparams["attention"]),
             attention_layout=attention_layout(module),
+            data_option=chosen_option("data"),
+            device=device_name(module.device),
             params=module.model.num_params(),
             **decoding_state(module.model),
             step=trainer.global_step,
