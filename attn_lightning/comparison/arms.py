@@ -4,7 +4,8 @@ seeds the protocol averages (comparison/protocol.py).
 
 Runs are told apart by their command-line overrides (`.hydra/overrides.yaml`), the only record
 of what a sweep varied: `seed=1338` and `optim.lr=0.003` are the protocol's own axes, every
-other override (`attention=gla`) makes an arm of its own.
+other override (`attention=gla`) makes an arm of its own. The suite (suite.py) grids weight
+decay too, as MAD does: its cells are the (learning rate, weight decay) pairs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from attn_lightning.comparison.runs import Run
 
 SEED = "seed"
 LEARNING_RATE = "optim.lr"
+WEIGHT_DECAY = "optim.weight_decay"
 PROTOCOL_AXES = (SEED, LEARNING_RATE)
 # Comparable settings (sweep_report's like_with_like) that follow the seed: they differ
 # between the seeds of an arm on purpose, not as a flaw of the comparison.
@@ -33,9 +35,9 @@ def override_value(run: Run, key: str) -> str | None:
     return values[-1] if values else None
 
 
-def arm_key(run: Run) -> tuple[str, ...]:
+def arm_key(run: Run, axes: Sequence[str] = PROTOCOL_AXES) -> tuple[str, ...]:
     """The run's overrides without the protocol's axes (seed, learning rate)."""
-    return tuple(o for o in run.overrides if override_key(o) not in PROTOCOL_AXES)
+    return tuple(o for o in run.overrides if override_key(o) not in axes)
 
 
 def seeds_swept(runs: Sequence[Run]) -> bool:
@@ -54,14 +56,22 @@ def learning_rate(text: str | None) -> float | None:
 
 @dataclass
 class Cell:
-    """The runs of one arm at one learning rate: its seeds."""
+    """The runs of one arm at one learning rate (and weight decay, where it is gridded): its
+    seeds."""
 
     lr: str | None  # the override's text; None: the config's rate (no optim.lr override)
     runs: list[Run]
+    weight_decay: str | None = None  # the override's text, where weight decay is gridded
 
     @property
     def lr_value(self) -> float | None:
         return learning_rate(self.lr)
+
+    @property
+    def label(self) -> str:
+        """`lr=0.001 wd=0.1`: the cell's rates as their overrides give them."""
+        wd = f" wd={self.weight_decay}" if self.weight_decay is not None else ""
+        return f"lr={self.lr or 'config'}{wd}"
 
 
 @dataclass
@@ -78,23 +88,30 @@ class Arm:
 
 
 def _rate_order(cell: Cell) -> tuple:
-    value = cell.lr_value
-    return (value is None, value if value is not None else 0.0, cell.lr or "")
+    value, decay = cell.lr_value, learning_rate(cell.weight_decay)
+    return (
+        (value is None, value if value is not None else 0.0, cell.lr or ""),
+        (decay is None, decay if decay is not None else 0.0, cell.weight_decay or ""),
+    )
 
 
-def group_arms(runs: Sequence[Run]) -> list[Arm]:
-    """Arms in the order their first run appears, cells in increasing learning rate."""
-    grouped: dict[tuple[str, ...], dict[str | None, list[Run]]] = {}
+def group_arms(runs: Sequence[Run], weight_decay: bool = False) -> list[Arm]:
+    """Arms in the order their first run appears, cells in increasing learning rate (then
+    weight decay). `weight_decay`: grid `optim.weight_decay` with the rate (the suite's cells),
+    rather than make an arm of each value."""
+    axes = (*PROTOCOL_AXES, WEIGHT_DECAY) if weight_decay else PROTOCOL_AXES
+    grouped: dict[tuple[str, ...], dict[tuple[str | None, str | None], list[Run]]] = {}
     for run in runs:
-        cells = grouped.setdefault(arm_key(run), {})
-        cells.setdefault(override_value(run, LEARNING_RATE), []).append(run)
+        cells = grouped.setdefault(arm_key(run, axes), {})
+        decay = override_value(run, WEIGHT_DECAY) if weight_decay else None
+        cells.setdefault((override_value(run, LEARNING_RATE), decay), []).append(run)
     shared = set.intersection(*(set(key) for key in grouped)) if grouped else set()
     arms = []
     for key, cells in grouped.items():
         varying = [o for o in key if o not in shared]
         label = " ".join(varying) or " ".join(key) or "all runs"
-        ordered = sorted((Cell(lr, members) for lr, members in cells.items()), key=_rate_order)
-        arms.append(Arm(key, label, ordered))
+        made = (Cell(lr, members, decay) for (lr, decay), members in cells.items())
+        arms.append(Arm(key, label, sorted(made, key=_rate_order)))
     return arms
 
 

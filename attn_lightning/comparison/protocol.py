@@ -101,6 +101,20 @@ class Verdict:
         return self.test.p if self.test else None
 
 
+def verdicts_against_best(best: str, samples: Mapping[str, Sequence[float]]) -> dict[str, Verdict]:
+    """Each sample's verdict against the best one's (module docstring): Welch's test of its
+    values (seeds) against the best's, the p-values Holm-adjusted over all those tested."""
+    tests = {label: welch_test(values, samples[best]) for label, values in samples.items()}
+    tests.pop(best)
+    adjusted = holm_adjusted({label: t.p for label, t in tests.items() if t is not None})
+    verdicts = {best: Verdict("best")}
+    for label, test in tests.items():
+        p = adjusted.get(label)
+        mark = "untested: one seed" if p is None else "≈ best" if p >= ALPHA else "worse"
+        verdicts[label] = Verdict(mark, test, p)
+    return verdicts
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Every arm's result, the metric ranked on, the best arm and each arm's verdict."""
@@ -124,17 +138,8 @@ class Protocol:
         best = min(scored, key=_rank_key)[0] if scored else None
         verdicts = {a.arm.label: Verdict() for a in arms}
         if best is not None and ranked is not None:
-            tests = {
-                a.arm.label: welch_test(a.values(ranked), best.values(ranked))
-                for a, _ in scored
-                if a is not best
-            }
-            adjusted = holm_adjusted({label: t.p for label, t in tests.items() if t is not None})
-            verdicts[best.arm.label] = Verdict("best")
-            for label, test in tests.items():
-                p = adjusted.get(label)
-                mark = "untested: one seed" if p is None else "≈ best" if p >= ALPHA else "worse"
-                verdicts[label] = Verdict(mark, test, p)
+            samples = {a.arm.label: a.values(ranked) for a, _ in scored}
+            verdicts.update(verdicts_against_best(best.arm.label, samples))
         ranking = tuple(a for a, _ in sorted(summaries, key=_rank_key))
         return cls(arms, ranked, best, ranking, verdicts)
 

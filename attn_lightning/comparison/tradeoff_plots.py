@@ -49,9 +49,15 @@ def quality_column(rows: Sequence[Row]) -> tuple[str, str]:
 
 
 def quality_scatter(
-    points: Mapping[str, Point], title: str, x_label: str, quality_label: str, log_x: bool
+    points: Mapping[str, Point],
+    title: str,
+    x_label: str,
+    quality_label: str,
+    log_x: bool,
+    y_errors: Mapping[str, float | None] | None = None,
 ) -> Figure:
-    """Quality (y) against a cost (x), one labelled point per run; a note without data."""
+    """Quality (y) against a cost (x), one labelled point per run; a note without data.
+    `y_errors`: half widths of intervals around some points' quality, drawn as error bars."""
     shown = {
         label: p
         for label, p in points.items()
@@ -66,7 +72,15 @@ def quality_scatter(
         return fig
     for variant in dict.fromkeys(p.variant for p in shown.values()):
         mine = {label: p for label, p in shown.items() if p.variant == variant}
-        ax.scatter([p.x for p in mine.values()], [p.quality for p in mine.values()], label=variant)
+        dots = ax.scatter(
+            [p.x for p in mine.values()], [p.quality for p in mine.values()], label=variant
+        )
+        bars = {label: (y_errors or {}).get(label) for label in mine}
+        for label, width in bars.items():
+            if width:
+                p = mine[label]
+                color = dots.get_facecolor()[0]
+                ax.errorbar([p.x], [p.quality], yerr=[width], color=color, capsize=3, fmt="none")
         for label, p in mine.items():
             ax.annotate(
                 label, (p.x, p.quality), fontsize=6, xytext=(3, 3), textcoords="offset points"
