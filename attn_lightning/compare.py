@@ -1,6 +1,7 @@
 """`python -m attn_lightning.compare <sweep dir> [<sweep dir> ...] [--output-dir D]`: the
-comparison a sweep writes at its end (comparison.md, comparison.csv, figures), rebuilt from the
-saved runs: after a crash, with another sweep's runs, or with single run dirs.
+comparison a sweep writes at its end (comparison.md, comparison.csv, protocol.md, figures; for
+token tasks the suite's leaderboard, suite.md), rebuilt from the saved runs: after a crash, with
+another sweep's runs, or with single run dirs.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from attn_lightning.comparison.plots import (
 )
 from attn_lightning.comparison.protocol_report import write_protocol
 from attn_lightning.comparison.runs import Run, load_runs
+from attn_lightning.comparison.suite_report import write_suite
 from attn_lightning.comparison.tradeoff_plots import (
     STATE_FIGURE,
     THROUGHPUT_FIGURE,
@@ -209,7 +210,8 @@ def _results_table(
 
 def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[str]) -> list[Path]:
     """comparison.md, comparison.csv and the figures in output_dir (each written atomically),
-    then the protocol's arm-level files (protocol.md, arms.csv, their figures)."""
+    then the protocol's arm-level files (protocol.md, arms.csv, their figures), and for a sweep
+    of token tasks the suite's (suite.md, suite.csv, their figures)."""
     out = Path(output_dir)
     rows = comparison_rows(runs)
     labels = short_labels(runs)
@@ -247,7 +249,8 @@ def write_comparison(runs: Sequence[Run], output_dir: str | Path, sources: list[
     figures.update(tradeoff_figures(rows, labels))
     figures[WIDTH_FIGURE] = quality_vs_width(rows, {r.label: width_of(r.overrides) for r in runs})
     written += [save_png(fig, out / name) for name, fig in figures.items()]
-    return written + write_protocol(runs, rows, out, sources)
+    written += write_protocol(runs, rows, out, sources)
+    return written + write_suite(runs, rows, out, sources)
 
 
 def _layer_means(run: Run, name: str) -> list[float] | None:
