@@ -69,7 +69,8 @@ def test_noisy_recall_skips_noise_pairs_and_noise_is_as_frequent_as_asked():
         noise_slots += sum(inputs[t] >= 16 for t in range(0, 126, 2))
         assert targets[-2] != IGNORE  # a key was presented despite the noise
     assert noise_slots / (400 * 63) == pytest.approx(0.4, abs=0.02)
-    assert task.setting({"seq_len": 128, "frac_noise": 0.4}, "k").name == "L128_noise0.4"
+    assert task.setting({"seq_len": 128, "frac_noise": 0.4}, "k").name == "L128_noise40"
+    assert task.setting({"seq_len": 64, "frac_noise": 0.125}, "k").name == "L64_noise12p5"
 
 
 def test_recall_answers_are_uniform_over_values_so_a_constant_guess_scores_chance():

@@ -82,14 +82,16 @@ def draw_recall_stream(
 
 @dataclass(frozen=True)
 class RecallSetting:
-    """One length (and noise level) of in-context or noisy recall, e.g. `L128_noise0.2`."""
+    """One length (and noise level) of in-context or noisy recall, e.g. `L128_noise20` (the
+    noise in percent, as the split names hold no dot: `test_L128_noise20`)."""
 
     seq_len: int
     frac_noise: float = 0.0
 
     @property
     def name(self) -> str:
-        noise = f"_noise{self.frac_noise:g}" if self.frac_noise > 0 else ""
+        percent = f"{100 * self.frac_noise:g}".replace(".", "p")  # 12.5% -> 12p5
+        noise = f"_noise{percent}" if self.frac_noise > 0 else ""
         return f"L{self.seq_len}{noise}"
 
     def check(self, key: str) -> None:
