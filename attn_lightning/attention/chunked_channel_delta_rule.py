@@ -167,4 +167,4 @@ class ChunkedChannelDeltaRule(torch.autograd.Function):
         dq = dQe.mul_(E)
         dk = dKe.mul_(E).addcdiv_(dKd, E)
         d_log_alpha = _chunk_cumsum(db, reverse=True)  # b = the cumulative sums of log α
-        return chunk_major_grads(ctx.shape, dq, dk, dv, d_beta, d_log_alpha.view(N, R, C, K))
+        return chunk_major_grads(ctx.shape, C, dq, dk, dv, d_beta, d_log_alpha.view(N, R, C, K))

@@ -112,12 +112,16 @@ def chunked_delta_rule(
     chunk_size: int = 16,
     state: DeltaRuleState | None = None,
     features: Callable[[Tensor], Tensor] | None = None,
+    query_stride: int = 1,
 ) -> Tensor:
-    """q, k: (B, H, T, D_k) unit vectors; v: (B, H, T, D_v); beta: (B, H, T); log_alpha:
-    (B, H, T), or (B, H, T, D_k) for a decay per key channel -> (B, H, T, D_v). Continues from
-    `state` and advances it when one is given. With `features` (x (R, N, C, D) -> φ(x)
-    (N, R, C, D), as UnitFeatures), q and k are raw and φ is applied on the way into the
-    chunk-major layout; φ(0) = 0 keeps the padding zero.
+    """q: (B, H, T / s, D_k), k: (B, H, T, D_k) unit vectors; v: (B, H, T, D_v); beta:
+    (B, H, T); log_alpha: (B, H, T), or (B, H, T, D_k) for a decay per key channel ->
+    (B, H, T / s, D_v). With query_stride s > 1 the queries and outputs are those of every
+    s-th position (s - 1, 2 s - 1, ..; T a multiple of s; a decay per token only): the
+    positions between are steps that no query reads (gated_deltaproduct.py's sub-steps).
+    Continues from `state` and advances it when one is given. With `features` (x (R, N, C, D)
+    -> φ(x) (N, R, C, D), as UnitFeatures), q and k are raw and φ is applied on the way into
+    the chunk-major layout; φ(0) = 0 keeps the padding zero.
 
     A per-channel decay runs chunked_channel_delta_rule.py at the largest chunk size up to
     `chunk_size` (halving it) at which no chunk decays by more than e^-FACTOR_BOUND after its
@@ -126,22 +130,26 @@ def chunked_delta_rule(
     q, k, v, beta = (x.to(_compute_dtype(v)) for x in (q, k, v, beta))
     B, H, T, K = k.shape
     V = v.size(-1)
-    C = min(chunk_size, T)
+    s = query_stride
     per_channel = log_alpha is not None and log_alpha.dim() == 4
+    if T % s or (s > 1 and per_channel):
+        raise ValueError(f"query_stride {s} needs T = {T} a multiple of it and a decay per token")
+    C = max(s, min(chunk_size, T) // s * s)  # a multiple of s
     if per_channel:
         C = _channel_chunk_size(log_alpha, C)  # type: ignore[arg-type]
     pad = (-T) % C  # padded positions: k = v = 0, β = 0, α = 1; they change nothing
     if pad:
-        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        q = F.pad(q, (0, 0, 0, pad // s))
+        k, v = (F.pad(x, (0, 0, 0, pad)) for x in (k, v))
         beta = F.pad(beta, (0, pad))
     N = (T + pad) // C
     rows = B * H
 
-    def chunk_major(x: Tensor) -> Tensor:  # (B, H, N * C, ...) -> (N, B * H, C, ...)
-        return x.reshape(rows, N, C, *x.shape[3:]).transpose(0, 1).contiguous()
+    def chunk_major(x: Tensor) -> Tensor:  # (B, H, N * c, ...) -> (N, B * H, c, ...)
+        return x.reshape(rows, N, -1, *x.shape[3:]).transpose(0, 1).contiguous()
 
     def unit_chunk_major(x: Tensor) -> Tensor:
-        return chunk_major(x) if features is None else features(x.reshape(rows, N, C, -1))
+        return chunk_major(x) if features is None else features(x.reshape(rows, N, -1, K))
 
     b = None
     if log_alpha is not None and not per_channel:  # log γ_i from the chunk start
@@ -167,8 +175,8 @@ def chunked_delta_rule(
     if state is not None:
         state.S = S.view(B, H, K, V)
         state.length += T
-    out = out.view(N, B, H, C, V).permute(1, 2, 0, 3, 4).reshape(B, H, N * C, V)
-    return out[:, :, :T].to(dtype)  # (B, H, T, D_v)
+    out = out.view(N, B, H, C // s, V).permute(1, 2, 0, 3, 4).reshape(B, H, N * C // s, V)
+    return out[:, :, : T // s].to(dtype)  # (B, H, T / s, D_v)
 
 
 def _channel_chunk_size(log_alpha: Tensor, C: int) -> int:

@@ -13,8 +13,9 @@ overwrite one direction (with `allow_neg_eigval`, β in (0, 2) and reflections: 
 tracking the paper studies). q and k are SiLU'd and L2-normalised as Gated DeltaNet's here.
 
 Computed as the gated delta rule (delta_rule.py) over the n_h T sub-steps of the sequence in
-order (t, j): the decay on each token's first sub-step, the query on its last one (zero on the
-others), and the output read there; chunked for training, recurrent for decoding. A token's
+order (t, j): the decay on each token's first sub-step, the query on its last one, and the
+output read there; chunked for training (queries and outputs only at the last sub-steps:
+`query_stride` = n_h), recurrent for decoding (a zero query on the other sub-steps). A token's
 sub-steps see only it and the past: causal as the delta rule is. The k and v heads hold the
 n_h sub-steps: `split_heads` gives q (B, H, T, D), k and v (B, n_h H_kv, T, D) (sub-step j's
 heads at j H_kv ..), `core_inputs` the sub-steps in order, (B, H, n_h T, D).
@@ -85,16 +86,11 @@ class GatedDeltaProduct(DeltaRuleAttention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         beta, log_alpha = self._substep_gates(g, k)
-        out = chunked_delta_rule(
-            self._on_last_substep(q),
-            k,
-            v,
-            beta,
-            log_alpha,
-            self.chunk_size,
-            features=self.unit_features,
-        )  # (B, H, n_h T, D)
-        return out[:, :, self.num_householder - 1 :: self.num_householder]
+        n_h = self.num_householder
+        features = self.unit_features
+        return chunked_delta_rule(
+            q, k, v, beta, log_alpha, self.chunk_size, features=features, query_stride=n_h
+        )
 
     def substep_matrix(self, q: Tensor, k: Tensor, g: Tensor | None = None) -> Tensor:
         """(B, H, T, n_h T): what each token's output takes of each sub-step's value."""
@@ -130,16 +126,19 @@ class GatedDeltaProduct(DeltaRuleAttention):
     def decode(
         self, q: Tensor, k: Tensor, v: Tensor, cache: DeltaRuleState, g: Tensor | None = None
     ) -> Tensor:
-        T, length = q.size(2), cache.length
+        T, length, n_h = q.size(2), cache.length, self.num_householder
         k, v = self.features(self._substeps(k)), self._substeps(v)
         beta, log_alpha = self._substep_gates(g, k)
-        q = self._on_last_substep(self.features(q))
+        q = self.features(q)
         if T == 1:
-            out = recurrent_delta_rule(q, k, v, beta, log_alpha, cache)
+            out = recurrent_delta_rule(self._on_last_substep(q), k, v, beta, log_alpha, cache)
+            out = out[:, :, n_h - 1 :: n_h]
         else:
-            out = chunked_delta_rule(q, k, v, beta, log_alpha, self.chunk_size, cache)
+            out = chunked_delta_rule(
+                q, k, v, beta, log_alpha, self.chunk_size, cache, query_stride=n_h
+            )
         cache.length = length + T  # tokens, not sub-steps
-        return out[:, :, self.num_householder - 1 :: self.num_householder]
+        return out
 
     def _split_qkv(
         self, qkv: Tensor, conv_cache: ShortConvCache | None = None

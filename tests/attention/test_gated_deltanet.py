@@ -207,3 +207,47 @@ def test_a_carried_state_that_wants_a_gradient_is_refused() -> None:
     state.S = torch.zeros(B, H, DK, DV, dtype=torch.float64, requires_grad=True)
     with pytest.raises(ValueError, match="carried state gets no gradient"):
         chunked_delta_rule(q, k, v, beta, log_alpha, 4, state)
+
+
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("stride", [2, 3])  # chunks of 8 and 6 positions, the last one padded
+def test_query_stride_reads_every_sth_position(decay: bool, stride: int) -> None:
+    """With query_stride s the chunked form takes only the queries of positions s - 1,
+    2 s - 1, .. and gives the paper's outputs there, gradients and final state included."""
+    T = 11 * stride
+    tensors = [x.requires_grad_() for x in inputs(T)]
+    q, k, v, beta, log_alpha = tensors
+    log_alpha = log_alpha if decay else torch.zeros_like(log_alpha)
+    weight = torch.randn(B, H, 11, DV, dtype=torch.float64)
+    paper, S = paper_recurrence(q, k, v, beta, log_alpha)
+    expected = paper[:, :, stride - 1 :: stride]
+    state = DeltaRuleState()
+    got = chunked_delta_rule(
+        q[:, :, stride - 1 :: stride],
+        k,
+        v,
+        beta,
+        log_alpha if decay else None,
+        8,
+        state,
+        query_stride=stride,
+    )
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(state.S, S.mT)
+    got_grads = torch.autograd.grad((got * weight).sum(), tensors, allow_unused=True)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), tensors, allow_unused=True)
+    names = ["q", "k", "v", "beta", "log_alpha"]
+    for name, g, e in zip(names, got_grads, expected_grads, strict=True):
+        if e is None:  # log α unused without decay
+            assert g is None, name
+            continue
+        torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_query_stride_needs_whole_strides_and_a_decay_per_token() -> None:
+    q, k, v, beta, log_alpha = inputs(9)
+    with pytest.raises(ValueError, match="query_stride"):
+        chunked_delta_rule(q[:, :, 1::2], k, v, beta, log_alpha, 8, query_stride=2)
+    per_channel = log_alpha[..., None].expand(B, H, 9, DK)
+    with pytest.raises(ValueError, match="query_stride"):
+        chunked_delta_rule(q[:, :, 2::3], k, v, beta, per_channel, 8, query_stride=3)
