@@ -11,18 +11,20 @@ a = -κ̂ and b = κ̂ ⊙ a_icl: the delta rule's removal of the state's answer
 Three forms that agree:
 
 - chunked (training, prefill): inside a chunk of C positions, with c_i = Σ_{s<=i} log w_s the
-  decay from the chunk's start, e_i = c_{i-1} (e_0 = 0) the one before position i, and the
-  decayed copies Q̃ = Q ⊙ exp(c), Ã = A ⊙ exp(e), K̄ = K ⊙ exp(-c), B̄ = B ⊙ exp(-c), the
-  readings u_i = S_{i-1}^T a_i of the state solve one unit-triangular system (the UT transform
-  of the delta rule's chunked form, chunked_delta_rule.py, with a and b for -β k and k):
-      (I - L) U = Ã S_0 + P V,   L = tril_(-1)(Ã B̄^T),   P = tril_(-1)(Ã K̄^T)
-  so U = W S_0 + U_0 with W = (I - L)^{-1} Ã and U_0 = (I - L)^{-1} P V, and
+  decay from the chunk's start, e_i = c_{i-1} (e_0 = 0) the one before position i, ā = -a
+  (RWKV-7's κ̂: every sign below is then a plus) and the decayed copies Q̃ = Q ⊙ exp(c),
+  Ā = ā ⊙ exp(e), K̄ = K ⊙ exp(-c), B̄ = B ⊙ exp(-c), the readings u_i = S_{i-1}^T a_i of the
+  state solve one unit-triangular system (the UT transform of the delta rule's chunked form,
+  chunked_delta_rule.py, with a and b for -β k and k):
+      (I + tril_(-1)(Ā B̄^T)) U = -(Ā S_0 + tril_(-1)(Ā K̄^T) V)
+  so U = W S_0 + U_0 with T̂ = -(I + tril_(-1)(Ā B̄^T))^{-1}, W = T̂ Ā and
+  U_0 = T̂ tril_(-1)(Ā K̄^T) V, and
       O = Q̃ S_0 + tril(Q̃ K̄^T) V + tril(Q̃ B̄^T) U,
-      S_C = Diag(g) (S_0 + K̄^T V + B̄^T U) = M S_0 + R,   g = exp(c_C),
-      M = Diag(g) (I + B̄^T W),   R = Diag(g) (K̄^T V + B̄^T U_0);
-  only the scan S_{n+1} = M_n S_n + R_n (one D_k x D_k by D_k x D_v product per chunk) is
-  sequential; the rest is batched over chunks. Memory is linear in T (the states entering the
-  chunks, a D_k x D_v matrix per C positions), never a (T, D_k, D_v) tensor of prefix states;
+      S_C = Diag(g) (S_0 + K̄^T V + B̄^T U),   g = exp(c_C).
+  The four C x C blocks are one product, [Q̃; Ā] [K̄; B̄]^T, masked. Only the scan across
+  chunks, U_n = U_0 + W S_n and S_{n+1} = Diag(g) (S_n + K̄^T V + B̄^T U_n) (two chunk-sized
+  products per chunk), is sequential; the rest is batched over chunks. Memory is linear in T
+  (per chunk the state entering it, T̂ and U), never a (T, D_k, D_v) tensor of prefix states;
 - recurrent (decoding): the update above, one token at a time, O(1) per token;
 - materialised: the core is linear in v, so the (T, T) matrix is the chunked form run on
   one-hot values (as decay_kernel.decay_attention_matrix does).
@@ -50,13 +52,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from attn_lightning.attention.chunked_channel_decay import _chunk_cumsum
 from attn_lightning.attention.dplr_terms import (
+    ChunkConstants,
     ChunkTerms,
     GivenInputs,
     RWKV7Inputs,
     chunk_view,
-    score_mask,
 )
 
 FACTOR_BOUND = 40.0  # the most negative log-decay a chunk may hold (see the module docstring)
@@ -79,99 +80,115 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def _dplr_forward(
     inputs: GivenInputs | RWKV7Inputs, S0: Tensor | None, C: int
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The chunked forward, a slab at a time -> O (B, H, T, V), the states entering the
-    chunks and the final one (N + 1, B H, K, V), and the final state (B H, K, V)."""
+    chunks and the final one (N + 1, B H, K, V), the chunks' T̂ (N, B H, C, C) and readings
+    U (N, B H, C, V), and the final state (B H, K, V)."""
     q, _, v = inputs.tensors[:3]
     B, H, T, K = q.shape
     V, R, N = v.size(-1), B * H, T // C
     steps = max(1, SLAB_CHUNKS // R)  # of the scan per slab
     out = q.new_empty(B, H, T, V)
     states = q.new_empty(N + 1, R, K, V)  # S_n entering each chunk, and the final state
+    inverses = q.new_empty(N, R, C, C)
+    readings = q.new_empty(N, R, C, V)
     if S0 is None:
         states[0].zero_()
     else:
         states[0].copy_(S0)
+    shared = ChunkConstants(C, inputs.scale, q)
     lowest = q.new_ones(())
     for n0 in range(0, N, steps):
         n1 = min(N, n0 + steps)
         s, X = n1 - n0, (n1 - n0) * R
-        t = ChunkTerms(*inputs.chunks(n0, n1, C))
+        t = ChunkTerms(inputs.chunks(n0, n1, C), shared)
+        U_n = t.solve(inverses[n0:n1].view(X, C, C), readings[n0:n1].view(X, C, V))  # U_0
         lowest = torch.minimum(lowest, t.g.amin())  # the strongest decay across a chunk
-        # the scan S_{n+1} = M_n S_n + R_n, R = Diag(g) (K̄^T V + B̄^T U_0)
-        R_n = torch.bmm(t.keys[:, :C].mT, t.v).baddbmm_(t.keys[:, C:].mT, t.U).mul_(t.g)
-        R_n, M_n = R_n.view(s, R, K, V), t.M.view(s, R, K, K)
+        # the scan: U_n = U_0 + W S_n, S_{n+1} = Diag(g) (S_n + K̄^T V + B̄^T U_n)
+        written = torch.bmm(t.keys[:, :C].mT, t.v).view(s, R, K, V)  # K̄^T V
+        W, U = t.W.view(s, R, C, K), U_n.view(s, R, C, V)
+        b_bar, g = t.keys[:, C:].unflatten(0, (s, R)), t.g.view(s, R, K, 1)
         for j in range(s):
-            torch.baddbmm(R_n[j], M_n[j], states[n0 + j], out=states[n0 + j + 1])
-        starts = states[n0:n1].view(X, K, V)
-        U = t.U.baddbmm_(t.W, starts)  # U_n = U_0 + W S_n
-        o = torch.bmm(t.scores[:, :C, :C], t.v).baddbmm_(t.scores[:, :C, C:], U)
-        o.baddbmm_(t.reads[:, :C], starts)
+            S, after = states[n0 + j], states[n0 + j + 1]
+            U[j].baddbmm_(W[j], S)
+            torch.add(S, written[j], out=after).baddbmm_(b_bar[j].mT, U[j]).mul_(g[j])
+        t.values[:, C:].copy_(U_n)
+        o = torch.bmm(t.scores[:, :C], t.values)
+        o.baddbmm_(t.reads[:, :C], states[n0:n1].view(X, K, V))
         chunk_view(out, n0, n1, C).copy_(o.view(s, B, H, C, V))
     if not bool(lowest >= math.exp(-FACTOR_BOUND)):  # one check (a host sync on a GPU)
         raise ValueError(
             f"chunked_dplr: a chunk's log-decay is below -{FACTOR_BOUND:g} or not finite; "
             "use shorter chunks or a bounded decay"
         )
-    return out, states, states[N].clone()
+    return out, states, inverses, readings, states[N].clone()
 
 
 def _dplr_backward(
-    inputs: GivenInputs | RWKV7Inputs, states: Tensor, d_out: Tensor, C: int
+    inputs: GivenInputs | RWKV7Inputs,
+    states: Tensor,
+    inverses: Tensor,
+    readings: Tensor,
+    d_out: Tensor,
+    C: int,
 ) -> list[Tensor]:
     """The chunked backward, a slab at a time from the last (ChunkedDPLR's docstring)."""
     q, _, v = inputs.tensors[:3]
     B, H, T, K = q.shape
     V, R, N = v.size(-1), B * H, T // C
     steps = max(1, SLAB_CHUNKS // R)
-    grads = inputs.new_grads()
+    grads = inputs.new_grads(min(steps, N), C)
     dS = q.new_zeros(R, K, V)  # dS_{n+1}; the final state takes no gradient
-    mask = score_mask(C, q)
+    shared = ChunkConstants(C, inputs.scale, q)
     for n0 in reversed(range(0, N, steps)):
         n1 = min(N, n0 + steps)
         s, X = n1 - n0, (n1 - n0) * R
-        t = ChunkTerms(*inputs.chunks(n0, n1, C))
+        t = ChunkTerms(inputs.chunks(n0, n1, C), shared)
+        t.use(inverses[n0:n1].view(X, C, C))
         starts = states[n0:n1].view(X, K, V)
-        values = torch.cat((t.v, t.U.baddbmm_(t.W, starts)), 1)  # [V; U], U_n = U_0 + W S_n
-        dO = chunk_view(d_out, n0, n1, C).reshape(X, C, V)
-        q_t, a_t, k_bar, b_bar = (t.reads[:, :C], t.reads[:, C:], t.keys[:, :C], t.keys[:, C:])
+        t.values[:, C:].copy_(readings[n0:n1].view(X, C, V))  # [V; U]
+        d_rows = q.new_empty(X, 2 * C, V)  # [dO; D]
+        dO = d_rows[:, :C]
+        dO.view(s, B, H, C, V).copy_(chunk_view(d_out, n0, n1, C))
+        q_t, k_bar, b_bar = t.reads[:, :C], t.keys[:, :C], t.keys[:, C:]
 
-        # the reverse scan dS_n = M_n^T dS_{n+1} + Q̃^T dO_n + W^T tril(Q̃ B̄^T)^T dO_n;
-        # after = dS_{n+1}, G = Diag(g) dS_{n+1}, dU = tril(Q̃ B̄^T)^T dO + B̄ G
+        # the reverse scan, with after = dS_{n+1} and G = Diag(g) dS_{n+1}:
+        # dU = tril(Q̃ B̄^T)^T dO + B̄ G,  dS_n = Q̃^T dO + G + W^T dU
         dU = torch.bmm(t.scores[:, :C, C:].mT, dO)  # (X, C, V)
-        read = torch.bmm(q_t.mT, dO).baddbmm_(t.W.mT, dU).view(s, R, K, V)
-        after = q.new_empty(s, R, K, V)
+        read = torch.bmm(q_t.mT, dO).view(s, R, K, V)
+        after, G = q.new_empty(s, R, K, V), q.new_empty(s, R, K, V)
         after[-1].copy_(dS)
-        M_t = t.M.view(s, R, K, K).mT
-        for j in range(s - 1, 0, -1):
-            torch.baddbmm(read[j], M_t[j], after[j], out=after[j - 1])
-        dS = torch.baddbmm(read[0], M_t[0], after[0])  # for the slab before
-        after = after.view(X, K, V)
-        G = after * t.g
-        dU.baddbmm_(b_bar, G)
+        W, dU_steps = t.W.view(s, R, C, K), dU.view(s, R, C, V)
+        b_steps, g = b_bar.unflatten(0, (s, R)), t.g.view(s, R, K, 1)
+        for j in range(s - 1, -1, -1):
+            torch.mul(after[j], g[j], out=G[j])
+            dU_steps[j].baddbmm_(b_steps[j], G[j])
+            dS = torch.add(read[j], G[j], out=after[j - 1] if j else None)
+            dS.baddbmm_(W[j].mT, dU_steps[j])
+        after, G = after.view(X, K, V), G.view(X, K, V)
         d_log_g = after.mul_(states[n0 + 1 : n1 + 1].view(X, K, V)).sum(-1)  # (X, K)
 
-        d_rows = torch.cat((dO, torch.bmm(t.inverse.mT, dU)), 1)  # [dO; D], D = (I - L)^{-T} dU
-        d_scores = torch.bmm(d_rows, values.mT).mul_(mask)
-        d_reads = torch.bmm(d_rows, starts.mT).baddbmm_(d_scores, t.keys)  # d[Q̃; Ã]
-        d_keys = torch.bmm(values, G.mT).baddbmm_(d_scores.mT, t.reads)  # d[K̄; B̄]
+        d_rows[:, C:].copy_(torch.bmm(t.inverse.mT, dU))  # D = T̂^T dU
+        d_scores = torch.bmm(d_rows, t.values.mT).mul_(shared.mask)
+        d_reads = torch.bmm(d_rows, starts.mT).baddbmm_(d_scores, t.keys)  # d[Q̃; Ā]
+        d_keys = torch.bmm(t.values, G.mT).baddbmm_(d_scores.mT, t.reads)  # d[K̄; B̄]
         dv = torch.bmm(t.scores[:, :, :C].mT, d_rows).baddbmm_(k_bar, G)
+        chunk_view(grads[2], n0, n1, C).copy_(dv.view(s, B, H, C, V))
 
-        # through the decayed copies: dc (and de) from each, then d log w
-        d_e = d_reads[:, C:] * a_t
-        d_c = torch.mul(d_reads[:, :C], q_t).addcmul_(d_keys[:, :C], k_bar, value=-1)
-        d_c.addcmul_(d_keys[:, C:], b_bar, value=-1)
-        d_c[:, -1] += d_log_g
-        d_c += d_e
-        _chunk_cumsum(d_c, reverse=True).sub_(d_e)  # c, e: cumulative sums of log w
-        dq = d_reads[:, :C].mul_(t.grow)
-        da = d_reads[:, C:]  # Ã = a exp(e), e_i = c_{i-1}
+        # through the decayed copies: [dc; de] from each, d decay = reverse · [dc; de]
+        d_ce = d_reads * t.reads
+        d_ce[:, :C].addcmul_(d_keys[:, :C], k_bar, value=-1)
+        d_ce[:, :C].addcmul_(d_keys[:, C:], b_bar, value=-1)
+        d_ce[:, C - 1] += d_log_g
+        d_decay = torch.bmm(shared.reverse.expand(X, C, 2 * C), d_ce)
+        dq = d_reads[:, :C].view(s, B, H, C, K)
+        torch.mul(dq, t.grow.view(s, B, H, C, K), out=chunk_view(grads[0], n0, n1, C))
+        da = d_reads[:, C:]  # Ā = ā exp(e), e_i = c_{i-1}
         da[:, 1:].mul_(t.grow[:, :-1])
-        d_keys[:, :C].mul_(t.shrink)  # [K̄; B̄] = [k; b] exp(-c)
-        d_keys[:, C:].mul_(t.shrink)
-        slab = [dq, d_keys[:, :C], dv, da, d_keys[:, C:], d_c]
+        d_keys.view(X, 2, C, K).mul_(t.shrink[:, None])  # [K̄; B̄] = [k; b] exp(-c)
+        slab = [d_keys[:, :C], da, d_keys[:, C:], d_decay]
         inputs.put_grads(n0, n1, C, [x.view(s, B, H, C, -1) for x in slab], grads)
-    return grads
+    return inputs.finish_grads(grads)
 
 
 class ChunkedDPLR(torch.autograd.Function):
@@ -180,24 +197,24 @@ class ChunkedDPLR(torch.autograd.Function):
     final state (not differentiable). The forward is the module docstring's; the backward, for
     dO (the carried states get no gradient), with after_n = dS_{n+1} and G_n = Diag(g) after_n:
 
-        dS_n = M_n^T dS_{n+1} + Q̃^T dO_n + W^T tril(Q̃ B̄^T)^T dO_n      (the reverse scan)
-        dU = tril(Q̃ B̄^T)^T dO + B̄ G,   D = (I - L)^{-T} dU
-        [dÃ | d(P V)] = [D S_n^T | D]   ([W | U_0] = (I - L)^{-1} [Ã | P V]), and dL = D U^T
-                                        (U = U_0 + W S_n makes its two terms one)
+        dU = tril(Q̃ B̄^T)^T dO + B̄ G,   dS_n = Q̃^T dO + G + W^T dU       (the reverse scan)
+        D = T̂^T dU                  (dU back through U = T̂ (Ā S_n + tril_(-1)(Ā K̄^T) V))
         d[scores] = [dO; D] [V; U]^T, masked as the scores, then
-        d[Q̃; Ã] = d[scores] [K̄; B̄] + [dO; D] S_n^T,   d[K̄; B̄] = d[scores]^T [Q̃; Ã] + [V; U] G^T
-        dV = [tril(Q̃ K̄^T); P]^T [dO; D] + K̄ G,   d log g = Σ_v after ⊙ S_{n+1}
+        d[Q̃; Ā] = d[scores] [K̄; B̄] + [dO; D] S_n^T,   d[K̄; B̄] = d[scores]^T [Q̃; Ā] + [V; U] G^T
+        dV = [tril(Q̃ K̄^T); tril_(-1)(Ā K̄^T)]^T [dO; D] + K̄ G,   d log g = Σ_v after ⊙ S_{n+1}
 
-    then through the exponentials of the decayed copies to q, k, a, b and the cumulative
-    log-decays c and e, summed from the chunk's end into d log w.
+    then through the exponentials of the decayed copies to q, k, ā, b, and to the cumulative
+    log-decays: [dc; de] = [dQ̃ ⊙ Q̃ - dK̄ ⊙ K̄ - dB̄ ⊙ B̄; dĀ ⊙ Ā] (d log g joins dc at the
+    chunk's end), d log w_m = Σ_{j>=m} dc_j + Σ_{j>m} de_j.
 
     Chunks are taken a slab at a time (SLAB_CHUNKS, whole steps of the scan, all rows): a
     slab's terms are formed, scanned and used while they are small enough to stay in cache,
-    and the backward forms them again rather than keeping them; only the states entering the
-    chunks, (N + 1, B H, K, V), are kept. Full-size temporaries would each cost a fresh
-    allocation whose pages fault in and a trip through memory (chunked_linear.py, where the
-    same was measured). The step-major order makes each step of the scan one contiguous
-    batch of B H products.
+    and the backward forms them again rather than keeping them. Kept: the states entering the
+    chunks (N + 1, B H, K, V), and per chunk T̂ (C, C) and U (C, V), whose forming again would
+    cost a triangular solve and three products for a chunk's worth of memory. Full-size
+    temporaries would each cost a fresh allocation whose pages fault in and a trip through
+    memory (chunked_linear.py, where the same was measured). The step-major order makes each
+    step of the scan one contiguous batch of B H products.
 
     The inputs come as `tensors` with `make_inputs`, which wraps them: GivenInputs for the
     core's own (q, k, v, a, b, log w), or RWKV7Inputs for RWKV-7's (r, k, v, z, ξ, α), whose
@@ -212,9 +229,9 @@ class ChunkedDPLR(torch.autograd.Function):
         C: int,
         *tensors: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        out, states, final = _dplr_forward(make_inputs(*tensors), S0, C)
+        out, states, inverses, readings, final = _dplr_forward(make_inputs(*tensors), S0, C)
         ctx.mark_non_differentiable(final)
-        ctx.save_for_backward(*tensors, states)
+        ctx.save_for_backward(*tensors, states, inverses, readings)
         ctx.make_inputs, ctx.chunk_size = make_inputs, C
         return out, final
 
@@ -222,8 +239,9 @@ class ChunkedDPLR(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: FunctionCtx, d_out: Tensor, _d_final: Tensor
     ) -> tuple[Tensor | None, ...]:
-        *tensors, states = ctx.saved_tensors
-        grads = _dplr_backward(ctx.make_inputs(*tensors), states, d_out, ctx.chunk_size)
+        *tensors, states, inverses, readings = ctx.saved_tensors
+        inputs = ctx.make_inputs(*tensors)
+        grads = _dplr_backward(inputs, states, inverses, readings, d_out, ctx.chunk_size)
         return (None, None, None, *grads)
 
 

@@ -25,6 +25,7 @@ from attn_lightning.attention.dplr_kernel import (
     dplr_matrix,
     recurrent_dplr,
 )
+from attn_lightning.attention.dplr_terms import ChunkConstants
 from attn_lightning.attention.rwkv7 import RWKV7Attention
 from attn_lightning.errors import ConfigError
 
@@ -123,14 +124,15 @@ def test_chunked_gradients_equal_the_papers(
         torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("slab_chunks", [1, dplr_kernel.SLAB_CHUNKS])
+@pytest.mark.parametrize("slab_chunks", [1, 12, dplr_kernel.SLAB_CHUNKS])
 def test_rwkv7_inputs_formed_inside_the_core(
     slab_chunks: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """chunked_rwkv7 forms log w, κ̂, k̃, a and b from r, k, v, the gate logits, ξ and α in
     its slabs, with its own backward: outputs and gradients equal autograd's through the
     paper's formulas and recurrence (a key of zeros included: κ̂ = 0, at F.normalize's eps),
-    at a length that pads the last chunk."""
+    at a length that pads the last chunk: in one slab, one chunk per slab, and slabs of two
+    steps with a shorter last one."""
     monkeypatch.setattr(dplr_kernel, "SLAB_CHUNKS", slab_chunks)
     g = torch.Generator().manual_seed(3)
     T = 37
@@ -156,6 +158,37 @@ def test_rwkv7_inputs_formed_inside_the_core(
     have = torch.autograd.grad((got * weight).sum(), leaves)
     for name, h, w in zip(["r", "k", "v", "z", "xi", "alpha"], have, want, strict=True):
         torch.testing.assert_close(h, w, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_cumulative_log_decays_as_products() -> None:
+    """The chunked core's cumulative sums, written as sums here: c_i = scale Σ_{s<=i} x_s, and
+    back, d x_m = scale (Σ_{j>=m} dc_j + Σ_{j>m} de_j) (e_i = c_{i-1})."""
+    C, scale = 5, -0.7
+    shared = ChunkConstants(C, scale, torch.zeros((), dtype=torch.float64))
+    x, dc, de = (torch.randn(3, C, 4, dtype=torch.float64) for _ in range(3))
+    c = torch.stack([scale * sum(x[:, s] for s in range(i + 1)) for i in range(C)], 1)
+    back = [
+        scale * (sum(dc[:, j] for j in range(m, C)) + sum(de[:, j] for j in range(m + 1, C)))
+        for m in range(C)
+    ]
+    torch.testing.assert_close(shared.cumsum @ x, c)
+    torch.testing.assert_close(shared.reverse @ torch.cat((dc, de), 1), torch.stack(back, 1))
+
+
+def test_the_backward_keeps_memory_linear_in_the_length() -> None:
+    """What the chunked core keeps for its backward (its inputs, the states entering the
+    chunks, each chunk's T̂ and readings U) grows linearly with T: equal steps in T add equal
+    sizes, less than twice the inputs': nothing of size T^2, nor the T prefix states."""
+    kept = []
+    for T in (64, 128, 192):
+        leaves = [t.requires_grad_() for t in core(inputs(T))]
+        node = chunked_dplr(*leaves, 8).grad_fn
+        while not hasattr(node, "saved_tensors"):
+            node = node.next_functions[0][0]
+        kept.append(sum(t.numel() for t in node.saved_tensors))
+    assert kept[2] - kept[1] == kept[1] - kept[0] > 0
+    inputs_per_step = sum(t.numel() for t in core(inputs(64)))
+    assert kept[1] - kept[0] < 2 * inputs_per_step  # less than the inputs again, per step
 
 
 @pytest.mark.parametrize("at", [8, 13])  # prefill ending on a chunk boundary, and not
