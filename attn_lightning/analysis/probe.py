@@ -20,8 +20,10 @@ class LayerAttention(NamedTuple):
 def probe(model: nn.Module, idx: Tensor) -> list[LayerAttention]:
     """One forward pass of idx (B, T) with `return_attn=True`, in eval mode (restored after).
 
-    The input of each block's attention is caught by a forward pre-hook; `attn.project` turns
-    it into the very q and k the variant used (RoPE included).
+    The input of each block's attention is caught by a forward pre-hook; `split_heads` and
+    `core_inputs` turn it into the very q and k the variant used (RoPE included). A core with
+    several key sub-steps per token (DeltaProduct's n_h keys, (B, H, n_h T, D)) is compared
+    with softmax over each token's last sub-step key, the one its query reads at.
     """
     inputs: list[Tensor] = []
     hooks = [
@@ -39,5 +41,7 @@ def probe(model: nn.Module, idx: Tensor) -> list[LayerAttention]:
     layers = []
     for block, x, applied in zip(model.blocks, inputs, attentions, strict=True):
         q, k, _ = block.attn.core_inputs(*block.attn.split_heads(x))  # (B, H, T, D)
+        substeps = k.size(2) // q.size(2)  # 1, or n_h keys per token in order (t, j)
+        k = k[:, :, substeps - 1 :: substeps]  # (B, H, T, D)
         layers.append(LayerAttention(applied, exact_softmax(q, k)))
     return layers

@@ -20,6 +20,7 @@ from attn_lightning.analysis.stats import (
     softmax_gap,
 )
 from attn_lightning.attention.linear import LinearAttention
+from attn_lightning.attention.registry import attention_factory, variant_names
 from attn_lightning.attention.vanilla import VanillaAttention
 from attn_lightning.model.gpt import GPT
 
@@ -124,3 +125,18 @@ def test_figures_are_titled_and_written_atomically(tmp_path) -> None:
     path = save_png(fig, tmp_path / "grid.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(path).size[0] > 300
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("variant", variant_names())
+def test_probe_gives_causal_matrices_for_every_variant(variant: str) -> None:
+    """The attention-maps callback probes every layer at each validation: every variant's
+    applied and exact matrices are (B, H, T, T), causal, and exact rows sum to one."""
+    torch.manual_seed(0)
+    model = GPT(65, 2, 2, 32, T, attention=attention_factory(variant))
+    layers = probe(model, torch.randint(65, (2, T)))
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for layer in layers:
+        assert layer.applied.shape == layer.exact.shape == (2, 2, T, T)
+        assert layer.exact[..., future].abs().max() == 0
+        assert layer.applied[..., future].abs().max() < 1e-6
+        torch.testing.assert_close(layer.exact.sum(-1), torch.ones(2, 2, T))
