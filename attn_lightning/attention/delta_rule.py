@@ -159,7 +159,8 @@ def chunked_delta_rule(
     if S0 is not None and S0.requires_grad:
         raise ValueError("chunked_delta_rule: the carried state gets no gradient; detach it")
     if per_channel:  # log α (N, R, C, D_k) per channel
-        log_alpha = F.pad(log_alpha.to(beta.dtype), (0, 0, 0, pad))  # type: ignore[union-attr]
+        log_alpha = log_alpha.to(beta.dtype)  # type: ignore[union-attr]
+        log_alpha = F.pad(log_alpha, (0, 0, 0, pad)) if pad else log_alpha
         out, S = ChunkedChannelDeltaRule.apply(
             unit_chunk_major(q),
             unit_chunk_major(k),
@@ -186,7 +187,9 @@ def _channel_chunk_size(log_alpha: Tensor, C: int) -> int:
     log_alpha = log_alpha.detach()
     T = log_alpha.size(2)
     while C > 1:
-        chunks = F.pad(log_alpha, (0, 0, 0, (-T) % C)).unflatten(2, (-1, C))  # (B, H, N, C, K)
+        pad = (-T) % C
+        padded = F.pad(log_alpha, (0, 0, 0, pad)) if pad else log_alpha
+        chunks = padded.unflatten(2, (-1, C))  # (B, H, N, C, K)
         if bool(chunks[:, :, :, 1:].sum(3).amin() >= -FACTOR_BOUND):
             break
         C //= 2

@@ -73,4 +73,5 @@ class KimiDeltaAttention(DeltaRuleAttention):
         """Gates (B, H, T, 1 + D) -> β (B, H, T) and log α (B, H, T, D) per key channel."""
         if g is None:
             return super().write_and_decay(g, like)
-        return g[..., 0], g[..., 1:]
+        beta, log_alpha = g.split((1, g.size(-1) - 1), dim=-1)  # one gradient copy, not two
+        return beta.squeeze(-1), log_alpha
