@@ -276,6 +276,7 @@ def test_impossible_settings_are_one_line_errors_naming_the_entry(task, entry, m
             r"data\.task\.key_motif_size must be in 1 \.\. 3",
         ),
         (lambda: FuzzyRecall(8, value_motif_size=5), r"data\.task\.value_motif_size"),
+        (lambda: FuzzyRecall(2**20, key_motif_size=4), r"data\.task\.key_motif_size=4"),
         (lambda: NoisyRecall(16, noise_vocab_size=15), r"data\.task\.noise_vocab_size"),
         (lambda: SelectiveCopying(2), r"data\.vocab_size must be >= 3"),
         (lambda: Memorization(3), r"data\.vocab_size must be >= 4"),

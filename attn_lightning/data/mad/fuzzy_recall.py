@@ -94,6 +94,11 @@ class FuzzyRecall(TokenTask):
                 f"data.task.value_motif_size must be in 1 .. {vocab_size - 1 - num_keys} "
                 f"(distinct value ids), got {value_motif_size}; raise data.vocab_size or lower it"
             )
+        if (num_keys + 1) ** key_motif_size >= 2**63:
+            raise ConfigError(
+                f"data.task.key_motif_size={key_motif_size} with {num_keys} key ids: too many "
+                "key motifs to code in 64 bits; lower data.task.key_motif_size or data.vocab_size"
+            )
         super().__init__(vocab_size)
         self.num_keys = num_keys
         self.key_motif_size = key_motif_size
