@@ -2,9 +2,11 @@
 Lightning accumulates them over batches and reduces them across DDP ranks.
 
 Per token: `loss` and `ppl`; per character: `bpc` (so character and BPE models compare); on
-synthetic tasks: `answer_token_acc` (teacher forced) and `exact_match` (the whole answer right
-under greedy decoding). torchmetrics has no bits-per-character metric (its Perplexity is per
-token), hence `BitsPerCharacter`.
+synthetic tasks: `answer_token_acc` (teacher forced, the share of answer tokens right),
+`answer_macro_acc` (teacher forced, the recall of each answer class averaged over classes:
+MAD's accuracy, torchmetrics' macro average as its code uses it) and `exact_match` (the whole
+answer right under greedy decoding). torchmetrics has no bits-per-character metric (its
+Perplexity is per token), hence `BitsPerCharacter`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torchmetrics.text import Perplexity
 from attn_lightning.data.interface import IGNORE
 
 LM_METRICS = ("loss", "ppl", "bpc")
-ANSWER_METRICS = ("answer_token_acc", "exact_match")  # synthetic tasks only
+ANSWER_METRICS = ("answer_token_acc", "answer_macro_acc", "exact_match")  # synthetic tasks only
 METRICS = LM_METRICS + ANSWER_METRICS  # logged as `<stage>/<name>`
 
 
@@ -49,6 +51,7 @@ class StageMetrics(nn.Module):
         self.ppl = Perplexity(ignore_index=IGNORE)
         self.bpc = BitsPerCharacter()
         self.answer_token_acc = MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE)
+        self.answer_macro_acc = MulticlassAccuracy(vocab_size, average="macro", ignore_index=IGNORE)
         self.exact_match = MeanMetric()
 
     def update_language_model(
@@ -63,7 +66,9 @@ class StageMetrics(nn.Module):
 
     def update_answers(self, logits: Tensor, targets: Tensor, exact: Tensor) -> None:
         """exact: (B,) whether greedy decoding reproduced each row's whole answer."""
-        self.answer_token_acc.update(logits.argmax(-1), targets)
+        predicted = logits.argmax(-1)
+        self.answer_token_acc.update(predicted, targets)
+        self.answer_macro_acc.update(predicted, targets)
         self.exact_match.update(exact.float())
 
     def named(self, answers: bool) -> dict[str, Metric]:
