@@ -42,6 +42,12 @@ def settings_of(task: TokenTask, entries: Sequence[Mapping[str, Any]], key: str)
         raise ConfigError(f"{key} is empty: list at least one setting")
     settings = [task.setting(entry, f"{key}[{i}]") for i, entry in enumerate(entries)]
     names = [s.name for s in settings]
+    for i, name in enumerate(names):
+        if "." in name or "/" in name:  # it becomes a metric prefix and a module key
+            raise ConfigError(
+                f"{key}[{i}] is named {name!r}: a setting name may not hold '.' or '/'; the "
+                "task's `name` must spell numbers without them (e.g. noise20 for 0.2)"
+            )
     if len(set(names)) != len(names):
         raise ConfigError(f"{key} lists a setting twice: {names}; give each setting once")
     return settings

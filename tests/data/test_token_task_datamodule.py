@@ -187,3 +187,26 @@ def test_a_set_larger_than_its_split_holds_is_a_one_line_error(size: str, key: s
     with pytest.raises(ConfigError) as error:
         dm.train_sets if key == "train" else dm.val_dataloader()
     assert f"data.{key}_size" in str(error.value) and "\n" not in str(error.value)
+
+
+@dataclass(frozen=True)
+class Fraction:
+    seq_len: int
+
+    @property
+    def name(self) -> str:
+        return f"L{self.seq_len / 2}"  # e.g. L4.0: a dot would split the metric's path
+
+
+class DottedSuccessor(Successor):
+    def setting(self, entry: Mapping[str, Any], key: str) -> Fraction:
+        return Fraction(super().setting(entry, key).seq_len)
+
+
+def test_a_setting_name_with_a_dot_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError) as error:
+        TokenTaskDataModule(
+            DottedSuccessor(VOCAB), VOCAB, 8, [{"seq_len": 8}], [{"seq_len": 8}], batch_size=4
+        )
+    assert "data.train_settings[0] is named 'L4.0'" in str(error.value)
+    assert "\n" not in str(error.value)
