@@ -29,6 +29,7 @@ paper's tables report, for a reader comparing with them; it is not our score.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -293,18 +294,22 @@ class Suite:
 
     def settings(self, variant: str, task: str) -> dict[str, MeanInterval]:
         """{setting: mean and interval over seeds} at the chosen cells; a setting's name is
-        prefixed with its part's overrides where the task has several parts."""
-        task_parts = self.parts[variant].get(task, [])
-        found: dict[str, MeanInterval] = {}
-        for part in task_parts:
+        prefixed with its part's overrides where several parts of the task share it."""
+        per_part = []
+        for part in self.parts[variant].get(task, []):
             per_setting: dict[str, list[float]] = {}
             for accuracies in part.chosen.values():
                 for name, value in accuracies.items():
                     per_setting.setdefault(name, []).append(value)
-            prefix = f"{part.label} " if len(task_parts) > 1 and part.label else ""
-            for name, values in per_setting.items():
-                found[prefix + name] = mean_interval(values, CONFIDENCE)
-        return found
+            per_part.append((part.label, per_setting))
+        counts = Counter(name for _, per_setting in per_part for name in per_setting)
+        return {
+            (f"{label} {name}" if counts[name] > 1 and label else name): mean_interval(
+                values, CONFIDENCE
+            )
+            for label, per_setting in per_part
+            for name, values in per_setting.items()
+        }
 
 
 def task_parts(arms: Sequence[Arm], rows: Mapping[str, Row]) -> list[Part]:

@@ -129,10 +129,14 @@ def setup_lines(runs: Sequence[Run], suite: Suite) -> list[str]:
         step_text = f"optimizer steps per run: {each}"
     return [
         f"- Machine: {_listed(devices)} (host {_listed(hosts)}).",
-        f"- {len(runs)} runs: {len(suite.variants)} variants x {len(suite.tasks)} tasks; "
-        f"{step_text}.",
+        f"- {len(runs)} runs: {_count(len(suite.variants), 'variant')} x "
+        f"{_count(len(suite.tasks), 'task')}; {step_text}.",
         f"- Seeds: {_listed(seeds)}; grid cells: {_listed(cells)}.",
     ]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _rates_of(label: str) -> list[float]:

@@ -228,13 +228,25 @@ def test_a_seed_missing_from_one_part_leaves_the_task_and_suite_without_it(tmp_p
     assert list(gla[SUITE].per_seed) == ["1", "2"]
 
 
+def test_parts_sharing_a_setting_name_are_told_apart(tmp_path: Path):
+    """MAD's variations of a task all log their one setting by length (`L128`)."""
+    renamed = [(*row[:4], {"L128": next(iter(row[4].values()))}, {}) for row in TABLE[:2]]
+    suite, _ = suite_of(make_sweep(tmp_path, renamed))
+    assert suite.variants == ("vanilla",)  # one variant: named by its attention
+    settings = suite.settings("vanilla", RECALL)
+    assert list(settings) == ["data.vocab_size=16 L128", "data.vocab_size=32 L128"]
+    assert suite.ours["vanilla"][RECALL].per_seed == pytest.approx(
+        {"1": 0.8, "2": 0.9, "3": 0.85}
+    )
+
+
 def test_settings_task_and_recall_points(sweep: Path):
     suite, rows = suite_of(sweep)
     run = load_runs([sweep / "0"])[0]
     assert task_of(run) == RECALL and setting_accuracies(run) == {"v16": 0.9}
     settings = suite.settings("attention=vanilla", RECALL)
-    assert list(settings) == ["data.vocab_size=16 v16", "data.vocab_size=32 v32"]
-    assert settings["data.vocab_size=32 v32"].mean == pytest.approx(0.8)
+    assert list(settings) == ["v16", "v32"]  # unique: no part prefix
+    assert settings["v32"].mean == pytest.approx(0.8)
     points, errors, contexts = recall_points(suite, rows)
     assert set(points) == {f"in_context_recall · {v}" for v in ("vanilla", "gla")}
     vanilla = points["in_context_recall · vanilla"]
