@@ -49,6 +49,7 @@ from attn_lightning.runs.record import class_name
 TASK_GROUP = "data"  # the overrides of this config group make the task, not the variant
 SETTING_METRIC = "answer_token_acc"  # logged per test setting as test_<setting>/<metric>
 OVERALL_TEST = "test"  # the split of every setting together: a run's only one when it has no other
+UNKNOWN = "?"  # the task of a run that recorded none (killed before it started): left out
 SUITE = "suite"  # the score over every task, beside the tasks'
 # The recall tasks of recall_vs_state.png: the MQAR family by name, and MAD's recall tasks.
 RECALL_FAMILY = "mqar"
@@ -70,7 +71,7 @@ def task_of(run: Run) -> str:
     if chosen:
         return chosen
     target = run.record.comparable.get(f"{TASK_GROUP}._target_") if run.record else None
-    return class_name(str(target)) if target else "?"
+    return class_name(str(target)) if target else UNKNOWN
 
 
 def is_recall_task(task: str) -> bool:
@@ -242,13 +243,14 @@ class Suite:
     @classmethod
     def of(cls, runs: Sequence[Run], rows: Sequence[Row]) -> Suite:
         by_label = {row["job"]: row for row in rows}
-        tasks = tuple(dict.fromkeys(task_of(r) for r in runs))
+        tasks = tuple(t for t in dict.fromkeys(task_of(r) for r in runs) if t != UNKNOWN)
         variant_runs: dict[tuple[str, ...], list[Run]] = {}
         grouped: dict[tuple[str, ...], dict[str, list[Arm]]] = {}
-        for arm in group_arms(runs, weight_decay=True):
-            variant = tuple(o for o in arm.key if not is_task_override(o))
-            grouped.setdefault(variant, {}).setdefault(task_of(arm.runs[0]), []).append(arm)
-            variant_runs.setdefault(variant, []).extend(arm.runs)
+        for task in tasks:
+            for arm in group_arms([r for r in runs if task_of(r) == task], weight_decay=True):
+                variant = tuple(o for o in arm.key if not is_task_override(o))
+                grouped.setdefault(variant, {}).setdefault(task, []).append(arm)
+                variant_runs.setdefault(variant, []).extend(arm.runs)
         labels = variant_labels(list(grouped), variant_runs)
         parts = {
             labels[key]: {task: task_parts(arms, by_label) for task, arms in by_task.items()}

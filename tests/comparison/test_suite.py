@@ -228,6 +228,17 @@ def test_a_seed_missing_from_one_part_leaves_the_task_and_suite_without_it(tmp_p
     assert list(gla[SUITE].per_seed) == ["1", "2"]
 
 
+def test_a_run_without_a_record_or_task_costs_no_task(tmp_path: Path):
+    """A job killed before it started: no summary.json, no `data=` override to name its task."""
+    make_sweep(tmp_path, TABLE[-2:])
+    (tmp_path / "killed" / ".hydra").mkdir(parents=True)
+    killed = ["attention=gla", "optim.lr=0.001", "optim.weight_decay=0.0", "seed=4"]
+    (tmp_path / "killed" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(killed))
+    suite, _ = suite_of(tmp_path)
+    assert suite.tasks == (COPYING,)
+    assert suite.ours["attention=gla"][SUITE].summary.mean == pytest.approx(0.9)
+
+
 def test_parts_sharing_a_setting_name_are_told_apart(tmp_path: Path):
     """MAD's variations of a task all log their one setting by length (`L128`)."""
     renamed = [(*row[:4], {"L128": next(iter(row[4].values()))}, {}) for row in TABLE[:2]]
@@ -235,9 +246,7 @@ def test_parts_sharing_a_setting_name_are_told_apart(tmp_path: Path):
     assert suite.variants == ("vanilla",)  # one variant: named by its attention
     settings = suite.settings("vanilla", RECALL)
     assert list(settings) == ["data.vocab_size=16 L128", "data.vocab_size=32 L128"]
-    assert suite.ours["vanilla"][RECALL].per_seed == pytest.approx(
-        {"1": 0.8, "2": 0.9, "3": 0.85}
-    )
+    assert suite.ours["vanilla"][RECALL].per_seed == pytest.approx({"1": 0.8, "2": 0.9, "3": 0.85})
 
 
 def test_settings_task_and_recall_points(sweep: Path):
