@@ -162,13 +162,12 @@ def _mean(values: Iterable[float]) -> float:
     return sum(values) / len(values)
 
 
-def task_seed_scores(
-    parts: Sequence[Part], by_seed: Sequence[Mapping[str, Mapping[str, float]]]
-) -> dict[str, float]:
-    """{seed: mean over every part's settings}, for the seeds every part has."""
-    seeds = set.intersection(*(set(s) for s in by_seed)) if by_seed else set()
+def task_seed_scores(parts: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
+    """{seed: mean over every part's settings} from each part's {seed: {setting: accuracy}},
+    for the seeds every part has."""
+    seeds = set.intersection(*(set(part) for part in parts)) if parts else set()
     return {
-        seed: _mean(v for part in by_seed for v in part[seed].values())
+        seed: _mean(v for part in parts for v in part[seed].values())
         for seed in sorted(seeds, key=seed_order)
     }
 
@@ -274,7 +273,7 @@ class Suite:
         """Task and suite scores of every variant, from each part's {seed: {setting: acc}}."""
         per_task = {
             variant: {
-                task: task_seed_scores(task_parts, [pick(p) for p in task_parts])
+                task: task_seed_scores([pick(part) for part in task_parts])
                 for task, task_parts in by_task.items()
             }
             for variant, by_task in parts.items()
