@@ -23,8 +23,9 @@ Over the runs of a sweep (runs.py):
   protocol's rule: Welch's test, Holm-adjusted (protocol.verdicts_against_best).
 
 Beside it, MAD's own number (Poli et al. 2024): each setting's best test accuracy over the
-grid, the cell chosen on test, then the same means over settings and tasks. It is what the
-paper's tables report, for a reader comparing with them; it is not our score.
+grid, the cell chosen on test, then the same means over settings and tasks, with MAD's accuracy
+(`answer_macro_acc`: per answer class, averaged over classes) where the runs log it. It is what
+the paper's tables report, for a reader comparing with them; it is not our score.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from attn_lightning.runs.record import class_name
 
 TASK_GROUP = "data"  # the overrides of this config group make the task, not the variant
 SETTING_METRIC = "answer_token_acc"  # logged per test setting as test_<setting>/<metric>
+MAD_METRIC = "answer_macro_acc"  # MAD's accuracy (macro over answer classes), where logged
 OVERALL_TEST = "test"  # the split of every setting together: a run's only one when it has no other
 UNKNOWN = "?"  # the task of a run that recorded none (killed before it started): left out
 SUITE = "suite"  # the score over every task, beside the tasks'
@@ -78,11 +80,11 @@ def is_recall_task(task: str) -> bool:
     return RECALL_FAMILY in task or task in MAD_RECALL_TASKS
 
 
-def setting_accuracies(run: Run) -> dict[str, float]:
+def setting_accuracies(run: Run, metric: str = SETTING_METRIC) -> dict[str, float]:
     """{setting: test answer accuracy} from the run's final metrics; {"test": overall} for a
     run that logs no setting of its own."""
     names = set(run.series) | set(run.record.metrics if run.record else ())
-    suffix = f"/{SETTING_METRIC}"
+    suffix = f"/{metric}"
     found = {}
     for name in sorted(names):
         split = name.removesuffix(suffix)
@@ -114,11 +116,11 @@ def seed_order(seed: str) -> tuple[int, str]:
     return (len(seed), seed)
 
 
-def cell_settings(cell: Cell | None) -> dict[str, dict[str, float]]:
+def cell_settings(cell: Cell | None, metric: str = SETTING_METRIC) -> dict[str, dict[str, float]]:
     """{seed: {setting: accuracy}} of the cell's completed runs that logged a setting."""
     found: dict[str, dict[str, float]] = {}
     for run in cell.runs if cell else []:
-        accuracies = setting_accuracies(run)
+        accuracies = setting_accuracies(run, metric)
         if run.status == "completed" and accuracies:
             found[seed_of(run)] = accuracies
     return found
@@ -144,8 +146,10 @@ class Part:
 
     def best_on_test(self) -> dict[str, dict[str, float]]:
         """{seed: {setting: accuracy}}, each setting at the cell of the grid whose seeds have
-        the highest mean test accuracy on it: MAD's choice, on test."""
-        cells = [cell_settings(cell) for cell in self.result.arm.cells]
+        the highest mean test accuracy on it: MAD's choice, on test, of MAD's accuracy (macro
+        over answer classes) where the runs log it, else of ours."""
+        metric = MAD_METRIC if self.logs(MAD_METRIC) else SETTING_METRIC
+        cells = [cell_settings(cell, metric) for cell in self.result.arm.cells]
         names = sorted({name for cell in cells for per_seed in cell.values() for name in per_seed})
         found: dict[str, dict[str, float]] = {}
         for name in names:
@@ -155,6 +159,11 @@ class Part:
                 if name in accuracies:
                     found.setdefault(seed, {})[name] = accuracies[name]
         return found
+
+    def logs(self, metric: str) -> bool:
+        """Whether every completed run of the part logs the metric per setting."""
+        done = [run for run in self.result.arm.runs if run.status == "completed"]
+        return bool(done) and all(set(setting_accuracies(run, metric)) for run in done)
 
 
 def _mean(values: Iterable[float]) -> float:

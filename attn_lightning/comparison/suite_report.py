@@ -187,8 +187,9 @@ def render_suite_markdown(runs: Sequence[Run], suite: Suite, sources: list[str])
     lines += [
         "Each setting at the grid cell with its highest mean test accuracy (MAD keeps each "
         "setting's best run by test accuracy), then the same means over settings and tasks: "
-        "comparable with the MAD paper's tables, optimistic by construction, no marks. MAD "
-        "itself also averages accuracy per class (macro); these are micro over answer tokens.",
+        "comparable with the MAD paper's tables, optimistic by construction, no marks. The "
+        "accuracy is MAD's own, per answer class averaged over classes "
+        "(`test_<setting>/answer_macro_acc`), where every run of a task logs it; else ours.",
         "",
     ]
     table = [

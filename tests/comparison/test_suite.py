@@ -76,10 +76,13 @@ def write_run(run_dir: Path, overrides: list[str], task: str, variant: str, metr
     )
 
 
-def make_sweep(root: Path, table=TABLE, test_override=None, skip=(), cells=CELLS) -> Path:
+def make_sweep(
+    root: Path, table=TABLE, test_override=None, skip=(), cells=CELLS, macro=None
+) -> Path:
     """The module docstring's sweep as run dirs under root: one per variant, part, cell (of
     `cells`) and seed. `test_override(variant, part, cell, seed, setting, value)`: a test
-    accuracy to write instead; `skip`: (variant, part, seed) left out of every cell."""
+    accuracy to write instead; `skip`: (variant, part, seed) left out of every cell; `macro`:
+    log MAD's macro accuracy too, this much below each micro one."""
     job = 0
     for variant, task, part, chosen, settings, others in table:
         for cell in cells:
@@ -98,6 +101,10 @@ def make_sweep(root: Path, table=TABLE, test_override=None, skip=(), cells=CELLS
                     }
                 metrics = {f"test_{name}/answer_token_acc": v for name, v in accuracies.items()}
                 metrics["test/answer_token_acc"] = sum(accuracies.values()) / len(accuracies)
+                if macro is not None:
+                    metrics |= {
+                        f"test_{n}/answer_macro_acc": v - macro for n, v in accuracies.items()
+                    }
                 metrics["val/loss"] = 1.0 + 0.01 * seed if cell == chosen else 5.0
                 overrides = [f"attention={variant}", f"data={task}", *([part] if part else [])]
                 overrides += [f"optim.lr={lr}", f"optim.weight_decay={wd}", f"seed={seed}"]
@@ -198,6 +205,15 @@ def test_mad_number_is_each_settings_best_cell_on_test(sweep: Path):
     assert mad[COPYING].per_seed == pytest.approx({"1": 1.0, "2": 1.0, "3": 1.0})
     assert mad[SUITE].summary.mean == pytest.approx((0.9 + 1.0) / 2)
     assert suite.mad["attention=gla"][RECALL].summary.mean == pytest.approx(0.5)  # = ours
+
+
+def test_mad_number_uses_mads_macro_accuracy_where_logged(tmp_path: Path):
+    suite, _ = suite_of(make_sweep(tmp_path, TABLE[:3], macro=0.05))
+    mad = suite.mad["vanilla"]  # one variant: named by its attention
+    # each setting's macro accuracy (0.05 below), at the same cells as the micro choice
+    assert mad[RECALL].per_seed == pytest.approx({"1": 0.8, "2": 0.85, "3": 0.9})
+    assert mad[COPYING].per_seed == pytest.approx({"1": 0.95, "2": 0.95, "3": 0.95})
+    assert suite.ours["vanilla"][RECALL].per_seed == pytest.approx({"1": 0.8, "2": 0.9, "3": 0.85})
 
 
 def test_the_choice_never_sees_test_metrics(tmp_path: Path):
