@@ -135,7 +135,7 @@ def tradeoff_figures(rows: Sequence[Row], labels: Mapping[str, str]) -> dict[str
 
 
 WIDTH_FIGURE = "quality_vs_width.png"
-WIDTH_OVERRIDE = "model.n_embd"  # the axis of Zoology's Figure 2 (experiment=mqar_width)
+WIDTH_OVERRIDE = "model.n_embd"  # the axis of Zoology's Figure 2 (experiment=mqar_figure2)
 WIDTH_QUALITY = (("test_answer_token_acc", "test answer-token accuracy (higher is better)"),)
 
 

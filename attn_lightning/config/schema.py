@@ -155,7 +155,7 @@ class TaskDataConfig:
 
 @dataclass
 class TokenTaskDataConfig:
-    """conf/data/<token task>.yaml (attn_lightning/data/token_task_datamodule.py); `task` is the
+    """conf/data/<token task>.yaml (attn_lightning/data/token_tasks/datamodule.py); `task` is the
     task's own config (`_target_` and its options); a setting is a dict of the task's keys
     (MQAR: `{seq_len, num_kv_pairs}`), checked by the task."""
 

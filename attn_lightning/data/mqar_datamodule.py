@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from attn_lightning.data.mqar import MQARTask
-from attn_lightning.data.token_task_datamodule import TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskDataModule
+from attn_lightning.data.token_tasks.mqar import MQARTask
 
 
 class MQARDataModule(TokenTaskDataModule):

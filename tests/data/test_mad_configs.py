@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.token_task_datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
 
 # name: (task class, vocab, seq_len of the baseline, training examples)
 BASELINES = {

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.mad.compression import Compression
-from attn_lightning.data.mad.fuzzy_recall import FuzzyRecall, distinct_ids
-from attn_lightning.data.mad.in_context_recall import InContextRecall
-from attn_lightning.data.mad.memorization import Memorization
-from attn_lightning.data.mad.noisy_recall import NoisyRecall
-from attn_lightning.data.mad.recall import first_occurrence
-from attn_lightning.data.mad.selective_copying import SelectiveCopying
-from attn_lightning.data.token_task import TokenExamples, TokenTask
+from attn_lightning.data.token_tasks.mad.compression import Compression
+from attn_lightning.data.token_tasks.mad.fuzzy_recall import FuzzyRecall, distinct_ids
+from attn_lightning.data.token_tasks.mad.in_context_recall import InContextRecall
+from attn_lightning.data.token_tasks.mad.memorization import Memorization
+from attn_lightning.data.token_tasks.mad.noisy_recall import NoisyRecall
+from attn_lightning.data.token_tasks.mad.recall import first_occurrence
+from attn_lightning.data.token_tasks.mad.selective_copying import SelectiveCopying
+from attn_lightning.data.token_tasks.task import TokenExamples, TokenTask
 from attn_lightning.errors import ConfigError
 
 

@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.mqar import MQARSetting, draw_examples, weighted_distinct_draws
 from attn_lightning.data.mqar_datamodule import MQARDataModule
 from attn_lightning.data.mqar_tokenizer import IntTokenizer
-from attn_lightning.data.token_task_datamodule import TokenTaskBatches
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches
+from attn_lightning.data.token_tasks.mqar import MQARSetting, draw_examples, weighted_distinct_draws
 from attn_lightning.errors import ConfigError
 from attn_lightning.training.metrics import StageMetrics
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.mqar_forgetting import ForgettingMQARTask, ForgettingSetting
-from attn_lightning.data.token_task_datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.mqar_forgetting import ForgettingMQARTask, ForgettingSetting
 from attn_lightning.errors import ConfigError
 
 

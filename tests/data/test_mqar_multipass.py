@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.mqar import MQARSetting, MQARTask
-from attn_lightning.data.mqar_multipass import MultiPassMQARTask
-from attn_lightning.data.token_task_datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.mqar import MQARSetting, MQARTask
+from attn_lightning.data.token_tasks.mqar_multipass import MultiPassMQARTask
 from attn_lightning.errors import ConfigError
 
 

@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.passkey import Passkey
-from attn_lightning.data.token_task_datamodule import TokenTaskBatches
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches
+from attn_lightning.data.token_tasks.passkey import Passkey
 from attn_lightning.errors import ConfigError
 from attn_lightning.training.answers import exact_matches, greedy_answers
 

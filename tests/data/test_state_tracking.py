@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.data.state_tracking import S5, Parity
-from attn_lightning.data.token_task import split_of_keys
-from attn_lightning.data.token_task_datamodule import TokenTaskBatches
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches
+from attn_lightning.data.token_tasks.state_tracking import S5, Parity
+from attn_lightning.data.token_tasks.task import split_of_keys
 from attn_lightning.errors import ConfigError
 
 # the elements as the docstring defines them: tuples (p(0), .., p(4)) in lexicographic order

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from attn_lightning.data.tasks import split_of
-from attn_lightning.data.token_task import TokenExamples, TokenTask, int_fields
-from attn_lightning.data.token_task_datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.task import TokenExamples, TokenTask, int_fields
 from attn_lightning.errors import ConfigError
 
 VOCAB = 16

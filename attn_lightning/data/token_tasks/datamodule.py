@@ -1,4 +1,4 @@
-"""Any token task (attn_lightning/data/token_task.py) as a DataModule: training mixes several
+"""Any token task (attn_lightning/data/token_tasks/task.py) as a DataModule: training mixes several
 settings, validation covers the training settings, and the test covers its own list, harder
 ones included, each setting also reported under its own name.
 
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from attn_lightning.data.interface import SyntheticData
 from attn_lightning.data.mqar_tokenizer import IntTokenizer
 from attn_lightning.data.step_batches import StepBatches, step_loader, step_position
-from attn_lightning.data.token_task import Setting, TokenExamples, TokenTask
+from attn_lightning.data.token_tasks.task import Setting, TokenExamples, TokenTask
 from attn_lightning.errors import ConfigError
 
 _SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}

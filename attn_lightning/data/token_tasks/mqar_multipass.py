@@ -9,7 +9,7 @@ An example of `seq_len` tokens with n = num_kv_pairs pairs and `passes` = 2:
     inputs : k1 v1 k2 v2 | k1 v1 k2 v2 | 0 0 k2 0 k1 0 0 0 ...
     targets:             |             | . . v2 . v1 . . . ...
 
-- the context: MQAR's n distinct keys bound to n distinct values (attn_lightning/data/mqar.py),
+- the context: MQAR's n distinct keys bound to n distinct values (token_tasks/mqar.py),
   written `passes` times in the same order, 2n * passes tokens;
 - the query region, as in MQAR: every key queried once after the last pass, slots by the power
   law, the target its value.
@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from attn_lightning.data.mqar import (
+from attn_lightning.data.token_tasks.mqar import (
     MQARSetting,
     MQARTask,
     distinct_draws,
     pairs,
     recall_examples,
 )
-from attn_lightning.data.token_task import TokenExamples
+from attn_lightning.data.token_tasks.task import TokenExamples
 from attn_lightning.errors import ConfigError
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.token_task import Setting, TokenExamples, TokenTask, int_fields
+from attn_lightning.data.token_tasks.task import Setting, TokenExamples, TokenTask, int_fields
 from attn_lightning.errors import ConfigError
 
 FILLER = 0  # the token of the non-query positions without random_non_queries

@@ -12,7 +12,7 @@ reassigned (keys A B C D, values 5 3 7 2; C and A get 9 and 6):
 - the updates: u distinct keys among the n, in random order, each followed by a new value drawn
   uniformly from the value ids other than the key's first value, so the first value is wrong
   for every reassigned key;
-- the query region, as in MQAR (attn_lightning/data/mqar.py): every one of the n keys queried
+- the query region, as in MQAR (token_tasks/mqar.py): every one of the n keys queried
   once after the 2(n + u) context tokens, slots by the power law, the target its key's last
   value: the update's for a reassigned key, the first for the others.
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from attn_lightning.data.mqar import MQARTask, distinct_draws, pairs, recall_examples
-from attn_lightning.data.token_task import TokenExamples, int_fields
+from attn_lightning.data.token_tasks.mqar import MQARTask, distinct_draws, pairs, recall_examples
+from attn_lightning.data.token_tasks.task import TokenExamples, int_fields
 from attn_lightning.errors import ConfigError
 
 

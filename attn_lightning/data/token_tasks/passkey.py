@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.token_task import TokenExamples, TokenTask
+from attn_lightning.data.token_tasks.task import TokenExamples, TokenTask
 from attn_lightning.errors import ConfigError
 
 FILLER_TEXT = (

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from attn_lightning.data.token_task import TokenExamples, TokenTask, int_fields
+from attn_lightning.data.token_tasks.task import TokenExamples, TokenTask, int_fields
 from attn_lightning.errors import ConfigError
 
 

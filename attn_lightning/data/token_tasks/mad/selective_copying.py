@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.mad.entries import entry_fields, whole
-from attn_lightning.data.token_task import TokenExamples, TokenTask
+from attn_lightning.data.token_tasks.mad.entries import entry_fields, whole
+from attn_lightning.data.token_tasks.task import TokenExamples, TokenTask
 from attn_lightning.errors import ConfigError
 
 
