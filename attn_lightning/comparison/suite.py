@@ -30,6 +30,7 @@ the paper's tables report, for a reader comparing with them; it is not our score
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,13 +81,18 @@ def is_recall_task(task: str) -> bool:
     return RECALL_FAMILY in task or task in MAD_RECALL_TASKS
 
 
+def natural_order(name: str) -> list[int | str]:
+    """A sort key that puts L32 before L128 (digits compared as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def setting_accuracies(run: Run, metric: str = SETTING_METRIC) -> dict[str, float]:
     """{setting: test answer accuracy} from the run's final metrics; {"test": overall} for a
     run that logs no setting of its own."""
     names = set(run.series) | set(run.record.metrics if run.record else ())
     suffix = f"/{metric}"
     found = {}
-    for name in sorted(names):
+    for name in sorted(names, key=natural_order):
         split = name.removesuffix(suffix)
         if name.endswith(suffix) and split.startswith(f"{OVERALL_TEST}_"):
             value = run.final(name)
@@ -150,7 +156,10 @@ class Part:
         over answer classes) where the runs log it, else of ours."""
         metric = MAD_METRIC if self.logs(MAD_METRIC) else SETTING_METRIC
         cells = [cell_settings(cell, metric) for cell in self.result.arm.cells]
-        names = sorted({name for cell in cells for per_seed in cell.values() for name in per_seed})
+        names = sorted(
+            {name for cell in cells for per_seed in cell.values() for name in per_seed},
+            key=natural_order,
+        )
         found: dict[str, dict[str, float]] = {}
         for name in names:
             scored = [c for c in cells if any(name in s for s in c.values())]

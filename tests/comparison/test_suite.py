@@ -28,7 +28,13 @@ import yaml
 from attn_lightning import compare
 from attn_lightning.comparison.columns import comparison_rows
 from attn_lightning.comparison.runs import load_runs
-from attn_lightning.comparison.suite import SUITE, Suite, setting_accuracies, task_of
+from attn_lightning.comparison.suite import (
+    SUITE,
+    Suite,
+    natural_order,
+    setting_accuracies,
+    task_of,
+)
 from attn_lightning.comparison.suite_report import (
     recall_points,
     render_suite_csv,
@@ -327,3 +333,8 @@ def test_a_sweep_without_settings_gets_no_suite_files(tmp_path: Path):
     assert write_suite(runs, comparison_rows(runs), tmp_path, [str(tmp_path)]) == []
     suite, _ = suite_of(make_sweep(tmp_path / "s"))
     assert render_suite_csv(suite_rows(suite)).splitlines()[0].startswith("variant,task,kind")
+
+
+def test_settings_are_listed_in_natural_order() -> None:
+    names = ["L128", "L32", "L64_d12p5", "L64_d100", "L64_d0"]
+    assert sorted(names, key=natural_order) == ["L32", "L64_d0", "L64_d12p5", "L64_d100", "L128"]
