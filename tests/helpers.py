@@ -15,9 +15,11 @@ from typing import Any
 import lightning as L
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import Tensor
 
 from attn_lightning.attention.registry import AttentionFactory, attention_factory, variant_options
 from attn_lightning.data.shakespeare import ShakespeareDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
 from attn_lightning.training.lit_module import LitGPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -240,3 +242,17 @@ def small_attention(
     options = variant_options(variant)
     small = {key: value for key, value in sizes.items() if key in options}
     return attention_factory(variant, **{**small, **overrides})
+
+
+def first_training_batch(dm: TokenTaskDataModule) -> tuple[Tensor, Tensor]:
+    """The batch of training step 0 of a token-task datamodule, at rank 0, without a trainer."""
+    batches = TokenTaskBatches(
+        dm.task,
+        dm.train_settings,
+        dm.batch_size,
+        eval_fraction=dm.eval_fraction,
+        train_sets=dm.train_sets,
+        num_batches=1,
+        seed=dm.seed,
+    )
+    return batches[0]

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import first_training_batch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskDataModule
 
 # name: (task class, vocab, seq_len of the baseline, training examples)
 BASELINES = {
@@ -55,21 +56,6 @@ def answer_positions(name: str, inputs: list[int], vocab: int) -> list[int]:
     raise AssertionError(name)
 
 
-def first_batch(dm: TokenTaskDataModule):
-    batches = TokenTaskBatches(
-        dm.task,
-        dm.train_settings,
-        dm.batch_size,
-        eval_fraction=dm.eval_fraction,
-        train_sets=dm.train_sets,
-        num_batches=1,
-        seed=dm.seed,
-        rank=0,
-        first_batch=0,
-    )
-    return batches[0]
-
-
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_each_preset_is_mad_s_baseline_and_its_first_batch_scores_answers_only(name):
     task_class, vocab, seq_len, train_size = BASELINES[name]
@@ -84,7 +70,7 @@ def test_each_preset_is_mad_s_baseline_and_its_first_batch_scores_answers_only(n
     assert cfg.data.batch_size == 128 and cfg.data.block_size == seq_len
 
     dm = datamodule(name, SMALL)
-    inputs, targets = first_batch(dm)
+    inputs, targets = first_training_batch(dm)
     assert tuple(inputs.shape) == tuple(targets.shape) == (128, seq_len)
     assert dm.teacher_forced_answers
     for x, y in zip(inputs.tolist(), targets.tolist(), strict=True):

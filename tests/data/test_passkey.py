@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import first_training_batch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches
 from attn_lightning.data.token_tasks.passkey import Passkey
 from attn_lightning.errors import ConfigError
 from attn_lightning.training.answers import exact_matches, greedy_answers
@@ -136,16 +136,7 @@ def test_the_preset_composes_into_a_length_by_depth_grid_scoring_the_digits_only
     assert not dm.teacher_forced_answers  # exact match decodes greedily
     grid = [f"test_L{n}_d{d}" for n in (64, 128, 256) for d in (0, 25, 50, 75, 100)]
     assert dm.test_splits == ("test", *grid)
-    batches = TokenTaskBatches(
-        dm.task,
-        dm.train_settings,
-        dm.batch_size,
-        eval_fraction=dm.eval_fraction,
-        train_sets=dm.train_sets,
-        num_batches=1,
-        seed=dm.seed,
-    )
-    inputs, targets = batches[0]
+    inputs, targets = first_training_batch(dm)
     digits = cfg.data.task.digits
     assert inputs.shape == targets.shape
     assert inputs.shape[0] == cfg.data.batch_size and inputs.shape[1] in (64, 128)

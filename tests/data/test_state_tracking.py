@@ -9,11 +9,11 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import first_training_batch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from attn_lightning.config import CONFIG_DIR
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches
 from attn_lightning.data.token_tasks.state_tracking import S5, Parity
 from attn_lightning.data.token_tasks.task import split_of_keys
 from attn_lightning.errors import ConfigError
@@ -165,16 +165,7 @@ def test_the_preset_composes_and_its_first_batch_scores_every_position(data, che
     assert cfg.model.block_size == dm.block_size == 128
     assert dm.teacher_forced_answers  # every answer is read from one forward pass
     assert dm.test_splits == ("test", "test_L32", "test_L64", "test_L128")
-    batches = TokenTaskBatches(
-        dm.task,
-        dm.train_settings,
-        dm.batch_size,
-        eval_fraction=dm.eval_fraction,
-        train_sets=dm.train_sets,
-        num_batches=1,
-        seed=dm.seed,
-    )
-    inputs, targets = batches[0]
+    inputs, targets = first_training_batch(dm)
     assert inputs.shape == targets.shape
     assert inputs.shape[0] == cfg.data.batch_size and inputs.shape[1] in (16, 32)
     check(inputs.tolist(), targets.tolist())  # every position scored, with its answer
