@@ -19,7 +19,7 @@ from torch import Tensor
 
 from attn_lightning.attention.registry import AttentionFactory, attention_factory, variant_options
 from attn_lightning.data.shakespeare import ShakespeareDataModule
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskDataModule
 from attn_lightning.training.lit_module import LitGPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -246,13 +246,4 @@ def small_attention(
 
 def first_training_batch(dm: TokenTaskDataModule) -> tuple[Tensor, Tensor]:
     """The batch of training step 0 of a token-task datamodule, at rank 0, without a trainer."""
-    batches = TokenTaskBatches(
-        dm.task,
-        dm.train_settings,
-        dm.batch_size,
-        eval_fraction=dm.eval_fraction,
-        train_sets=dm.train_sets,
-        num_batches=1,
-        seed=dm.seed,
-    )
-    return batches[0]
+    return dm.training_batches(num_batches=1)[0]

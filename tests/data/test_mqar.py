@@ -16,7 +16,6 @@ from attn_lightning.config import CONFIG_DIR
 from attn_lightning.data.interface import IGNORE
 from attn_lightning.data.mqar_datamodule import MQARDataModule
 from attn_lightning.data.mqar_tokenizer import IntTokenizer
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches
 from attn_lightning.data.token_tasks.mqar import MQARSetting, draw_examples, weighted_distinct_draws
 from attn_lightning.errors import ConfigError
 from attn_lightning.training.metrics import StageMetrics
@@ -40,15 +39,7 @@ def datamodule(vocab_size: int = 16, **overrides) -> MQARDataModule:
 
 
 def training_batches(dm: MQARDataModule, count: int, rank: int = 0) -> list:
-    batches = TokenTaskBatches(
-        dm.task,
-        dm.train_settings,
-        dm.batch_size,
-        eval_fraction=dm.eval_fraction,
-        num_batches=count,
-        seed=dm.seed,
-        rank=rank,
-    )
+    batches = dm.training_batches(count, rank=rank)
     return [batches[i] for i in range(count)]
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskDataModule
 from attn_lightning.data.token_tasks.mqar_forgetting import ForgettingMQARTask, ForgettingSetting
 from attn_lightning.errors import ConfigError
 
@@ -107,9 +107,7 @@ def test_train_val_and_test_share_no_context_updates_included():
         val_size=10,
         test_size=10,
     )
-    batches = TokenTaskBatches(
-        dm.task, dm.train_settings, 32, eval_fraction=dm.eval_fraction, num_batches=100, seed=0
-    )
+    batches = dm.training_batches(100)
     train = set().union(*(contexts(batches[i][0], 6) for i in range(100)))
     setting = dm.train_settings[0]
     val = contexts(dm.examples("val", setting).tensors()[0], 6)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attn_lightning.data.interface import IGNORE
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskDataModule
 from attn_lightning.data.token_tasks.mqar import MQARSetting, MQARTask
 from attn_lightning.data.token_tasks.mqar_multipass import MultiPassMQARTask
 from attn_lightning.errors import ConfigError
@@ -77,9 +77,7 @@ def test_train_val_and_test_share_no_pairs():
         test_size=6,
         eval_fraction=0.1,
     )
-    batches = TokenTaskBatches(
-        dm.task, dm.train_settings, 32, eval_fraction=0.1, num_batches=60, seed=0
-    )
+    batches = dm.training_batches(60)
     pairs = lambda x: {tuple(r[:4]) for r in x.tolist()}  # noqa: E731
     train = set().union(*(pairs(batches[i][0]) for i in range(60)))
     setting = dm.train_settings[0]

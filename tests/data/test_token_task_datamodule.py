@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from attn_lightning.data.tasks import split_of
-from attn_lightning.data.token_tasks.datamodule import TokenTaskBatches, TokenTaskDataModule
+from attn_lightning.data.token_tasks.datamodule import TokenTaskDataModule
 from attn_lightning.data.token_tasks.task import TokenExamples, TokenTask, int_fields
 from attn_lightning.errors import ConfigError
 
@@ -78,17 +78,7 @@ def datamodule(**overrides: Any) -> TokenTaskDataModule:
 def training_batches(
     dm: TokenTaskDataModule, count: int, first_batch: int = 0, rank: int = 0
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    batches = TokenTaskBatches(
-        dm.task,
-        dm.train_settings,
-        dm.batch_size,
-        eval_fraction=dm.eval_fraction,
-        train_sets=dm.train_sets,
-        num_batches=count,
-        seed=dm.seed,
-        rank=rank,
-        first_batch=first_batch,
-    )
+    batches = dm.training_batches(count, rank=rank, first_batch=first_batch)
     return [batches[i] for i in range(count)]
 
 

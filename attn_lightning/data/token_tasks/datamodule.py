@@ -253,17 +253,25 @@ class TokenTaskDataModule(SyntheticData):
         shard = Subset(data, range(rank, len(data), world))
         return DataLoader(shard, batch_size=None, shuffle=False, generator=torch.Generator())
 
-    def train_dataloader(self) -> DataLoader:
-        batches = TokenTaskBatches(
+    def training_batches(
+        self, num_batches: int, rank: int = 0, first_batch: int = 0
+    ) -> TokenTaskBatches:
+        """The training batches of steps first_batch, first_batch + 1, ... at a rank: what
+        `train_dataloader` serves, and what a test can read without a trainer."""
+        return TokenTaskBatches(
             self.task,
             self.train_settings,
             self.batch_size,
             eval_fraction=self.eval_fraction,
             train_sets=self.train_sets,
+            num_batches=num_batches,
             seed=self.seed,
-            **step_position(self.trainer),
+            rank=rank,
+            first_batch=first_batch,
         )
-        return step_loader(batches)
+
+    def train_dataloader(self) -> DataLoader:
+        return step_loader(self.training_batches(**step_position(self.trainer)))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._batches("val", self.train_settings))
