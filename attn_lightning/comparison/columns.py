@@ -272,7 +272,11 @@ def comparison_rows(runs: Sequence[Run], columns: Sequence[Column] = COLUMNS) ->
 
 
 def render_csv(rows: Sequence[Row], columns: Sequence[Column] = COLUMNS) -> str:
-    names = [c.name for c in columns]
+    return csv_text(rows, [c.name for c in columns])
+
+
+def csv_text(rows: Sequence[Row], names: Sequence[str]) -> str:
+    """The rows' values of `names` as CSV, an empty cell where a value is None."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
     writer.writeheader()

@@ -6,8 +6,6 @@ sweep whose runs log a test answer accuracy per setting; other sweeps get none o
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from attn_lightning.analysis.plots import save_png
 from attn_lightning.analysis.report import markdown_table
 from attn_lightning.atomic import write_text
 from attn_lightning.comparison.arms import learning_rate
-from attn_lightning.comparison.columns import Row
+from attn_lightning.comparison.columns import Row, csv_text
 from attn_lightning.comparison.protocol import ALPHA, CONFIDENCE
 from attn_lightning.comparison.protocol_report import format_cell
 from attn_lightning.comparison.runs import Run
@@ -98,12 +96,7 @@ def suite_rows(suite: Suite) -> list[Row]:
 
 
 def render_suite_csv(rows: Sequence[Row]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
-    return buffer.getvalue()
+    return csv_text(rows, CSV_COLUMNS)
 
 
 def _listed(values: Sequence[object]) -> str:
