@@ -4,16 +4,21 @@ from each other."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
+import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor
 
@@ -247,3 +252,79 @@ def small_attention(
 def first_training_batch(dm: TokenTaskDataModule) -> tuple[Tensor, Tensor]:
     """The batch of training step 0 of a token-task datamodule, at rank 0, without a trainer."""
     return dm.training_batches(num_batches=1)[0]
+
+
+# The delta-rule family's test sizes (batch, heads, key and value dims) and decay kinds: none
+# (DeltaNet), one per head and token (Gated DeltaNet), one per key channel too (KDA).
+DELTA_RULE_SIZES = (2, 3, 5, 4)
+DECAYS = ("none", "scalar", "channel")
+
+
+def delta_rule_inputs(
+    T: int, decay: str, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Unit q, k (B, H, T, DK), v (B, H, T, DV), β in (0, 1) (B, H, T) and log α: None
+    ("none"), in (-1, 0) per token (B, H, T) ("scalar") or in (-2, 0) per key channel
+    (B, H, T, DK) ("channel"); float64. q, k, v and β are the same whatever the decay."""
+    B, H, DK, DV = DELTA_RULE_SIZES
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(B, H, T, DK, generator=g, dtype=torch.float64), dim=-1)
+    k = F.normalize(torch.randn(B, H, T, DK, generator=g, dtype=torch.float64), dim=-1)
+    v = torch.randn(B, H, T, DV, generator=g, dtype=torch.float64)
+    beta = torch.rand(B, H, T, generator=g, dtype=torch.float64)
+    log_alpha = {
+        "none": lambda: None,
+        "scalar": lambda: -torch.rand(B, H, T, generator=g, dtype=torch.float64),
+        "channel": lambda: -2 * torch.rand(B, H, T, DK, generator=g, dtype=torch.float64),
+    }[decay]()
+    return q, k, v, beta, log_alpha
+
+
+def delta_rule_recurrence(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The delta rule step by step, S_t = (I - β_t k_t k_t^T) diag(α_t) S_{t-1} + β_t k_t v_t^T,
+    o_t = S_t^T q_t, S (DK x DV) as in Kimi Linear, with α_t = 1 (DeltaNet, Schlag et al.
+    2021), one α_t per token (Gated DeltaNet, Yang, Kautz & Hatamizadeh 2025; both papers
+    write S transposed: S_t = α_t S_{t-1} (I - β_t k_t k_t^T) + β_t v_t k_t^T, o_t = S_t q_t)
+    or one per key channel (KDA). q, k (B, H, T, DK), v (B, H, T, DV) -> the outputs
+    (B, H, T, DV) and the final S (B, H, DK, DV)."""
+    B, H, T, DK = q.shape
+    S = q.new_zeros(B, H, DK, v.size(-1))
+    eye = torch.eye(DK, dtype=q.dtype)
+    outputs = []
+    for t in range(T):
+        k_t, v_t, b_t = k[:, :, t, :, None], v[:, :, t, :, None], beta[:, :, t, None, None]
+        if log_alpha is not None:  # diag(α_t) S: α_t (B, H, 1 or DK, 1) scales S's rows
+            S = log_alpha[:, :, t].exp().reshape(B, H, -1, 1) * S
+        S = (eye - b_t * k_t @ k_t.mT) @ S + b_t * k_t @ v_t.mT
+        outputs.append(S.mT @ q[:, :, t, :, None])
+    return torch.cat(outputs, dim=-1).mT, S
+
+
+class _TorchAs(types.ModuleType):
+    """torch, with `torch.float` and `torch.float32` standing for another dtype."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__("torch")
+        self.float = self.float32 = dtype
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+@contextlib.contextmanager
+def fla_naive_in(op: str, dtype: torch.dtype) -> Iterator[types.ModuleType]:
+    """fla's plain-PyTorch reference fla/ops/<op>/naive.py (loaded by path; the test skips
+    without fla), computing in `dtype`: the references cast to float32 (`torch.float`,
+    `torch.float32`, `.float()`) whatever their inputs, so inside the block those stand for
+    `dtype`."""
+    if importlib.util.find_spec("fla") is None:
+        pytest.skip("needs flash-linear-attention (the bench extra)")
+    from attn_lightning.bench._kernel_references import fla_naive
+
+    naive = fla_naive(op)
+    naive.torch = _TorchAs(dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "float", lambda x, *args, **kwargs: x.to(dtype))
+        yield naive

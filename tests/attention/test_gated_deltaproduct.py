@@ -2,22 +2,20 @@
 run through the chunked delta rule) equals the paper's recurrence written out here per token
 (float64), at lengths that are and are not multiples of the chunk, gradients included; agrees
 with fla's naive_recurrent_gated_delta_product (loaded by path, skipped without fla) in float64
-and float32; n_h = 1 is Gated DeltaNet; the layer decodes what it computes."""
+and float32; n_h = 1 is Gated DeltaNet. The layer's decoding and its contract with negative
+eigenvalues: test_delta_rule_family.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import types
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import ATTENTION_SHAPE as SHAPE
-from helpers import small_attention
+from helpers import fla_naive_in, small_attention
 from torch import Tensor
 
-from attn_lightning.analysis.contract import ContractSizes, run_contract
 from attn_lightning.attention.gated_deltanet import GatedDeltaNet
 from attn_lightning.attention.gated_deltaproduct import GatedDeltaProduct
 from attn_lightning.errors import ConfigError
@@ -100,53 +98,19 @@ def test_a_tokens_substeps_see_no_later_token() -> None:
     assert not torch.allclose(after[:, :, 9], before[:, :, 9])
 
 
-class _TorchAs(types.ModuleType):
-    """torch, with `torch.float32` standing for another dtype (fla's naive file computes in
-    float32 whatever its inputs)."""
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        super().__init__("torch")
-        self.float32 = dtype
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-
-@pytest.fixture
-def fla_gdp():
-    """fla's plain-PyTorch gated DeltaProduct (fla/ops/gated_delta_product/naive.py, by
-    path)."""
-    if importlib.util.find_spec("fla") is None:
-        pytest.skip("needs flash-linear-attention (the bench extra)")
-    from attn_lightning.bench._kernel_references import fla_naive
-
-    return fla_naive("gated_delta_product")
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("n_h", [2, 3])
-def test_agrees_with_fla(
-    fla_gdp, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, n_h: int
-) -> None:
+def test_agrees_with_fla(dtype: torch.dtype, n_h: int) -> None:
     """fla takes q (B, T, H, D), the sub-steps' k, v (B, n_h T, H, D) and β (B, n_h T, H), the
-    decay g = log α (B, T, H); scale 1 (we do not scale q): max |ours - fla| / max |fla|. Its
-    reference casts to float32 (`.float()`): for float64, `.float()` and `torch.float32` are
-    made float64 during its call."""
+    decay g = log α (B, T, H); scale 1 (we do not scale q): max |ours - fla| / max |fla|."""
     q, k, v, gates = (x.to(dtype) for x in inputs(37, n_h, seed=4))
     ours = core(n_h, 16).attend(q, substeps(k), substeps(v), gates)
     tb = lambda x: x.transpose(1, 2)  # noqa: E731  (B, H, T, ...) -> (B, T, H, ...)
-    with monkeypatch.context() as patch:
-        if dtype == torch.float64:
-            fla_gdp.torch = _TorchAs(dtype)
-            patch.setattr(torch.Tensor, "float", torch.Tensor.double)
+    fla_q, fla_k = tb(unit(q)), tb(substeps(unit(k)))
+    fla_v, fla_g, fla_beta = tb(substeps(v)), tb(gates[..., -1]), tb(gates[..., :-1].flatten(2))
+    with fla_naive_in("gated_delta_product", dtype) as fla_gdp:
         theirs, _ = fla_gdp.naive_recurrent_gated_delta_product(
-            tb(unit(q)),
-            tb(substeps(unit(k))),
-            tb(substeps(v)),
-            tb(gates[..., -1]),
-            tb(gates[..., :-1].flatten(2)),
-            scale=1.0,
-            num_householder=n_h,
+            fla_q, fla_k, fla_v, fla_g, fla_beta, scale=1.0, num_householder=n_h
         )
     theirs = tb(theirs)
     assert theirs.dtype == dtype
@@ -175,24 +139,6 @@ def test_parameters_are_n_h_keys_values_and_betas() -> None:
     assert count(product) - count(gated) == (n_h - 1) * (2 * C * C + SHAPE["n_head"] * C)
 
 
-@pytest.mark.parametrize(("n_kv_head", "short_conv"), [(4, 0), (2, 0), (4, 3)])
-def test_layer_decodes_what_it_computes(n_kv_head: int, short_conv: int) -> None:
-    """Chunked training path (29 tokens, chunks of 8 sub-steps) == prefill of 11 + token by
-    token decoding with an O(1) state, grouped k/v heads and a short convolution too."""
-    torch.manual_seed(0)
-    attn = GatedDeltaProduct(
-        **SHAPE, chunk_size=8, n_kv_head=n_kv_head, short_conv=short_conv, num_householder=3
-    ).eval()
-    x = torch.randn(2, 29, SHAPE["n_embd"])
-    parallel, _ = attn(x)
-    cache = attn.new_cache()
-    steps = [attn(x[:, :11], cache=cache)[0]]
-    steps += [attn(x[:, t : t + 1], cache=cache)[0] for t in range(11, 29)]
-    torch.testing.assert_close(torch.cat(steps, 1), parallel)
-    core_cache = cache if short_conv == 0 else cache.core
-    assert core_cache.S.shape == (2, SHAPE["n_head"], 8, 8) and core_cache.length == 29
-
-
 def test_the_matrix_shown_sums_each_tokens_substeps() -> None:
     """return_attn: the output is the (T, n_h T) sub-step matrix on the sub-steps' values (the
     fast path's), and the (T, T) weights shown are its sums per token: what the output would
@@ -219,12 +165,6 @@ def test_gates_are_in_range() -> None:
     assert (alpha > 0).all() and (alpha <= 1).all() and alpha.std() > 0
     negative = small_attention("gated_deltaproduct", allow_neg_eigval=True)(**SHAPE)
     assert (negative.gates(3 * torch.randn(2, 32, SHAPE["n_embd"]))[..., :2] > 1).any()
-
-
-def test_allow_neg_eigval_keeps_the_contract() -> None:
-    sizes = ContractSizes(n_embd=SHAPE["n_embd"], n_head=SHAPE["n_head"], length=48)
-    results = run_contract(small_attention("gated_deltaproduct", allow_neg_eigval=True), sizes)
-    assert [r.failure for r in results if not r.passed] == []
 
 
 @pytest.mark.parametrize("value", [0, 1.5, True])
