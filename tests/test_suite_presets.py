@@ -1,7 +1,9 @@
 """The synthetic-suite presets sweep what their papers (and the suite score) need: experiment=mad
 MAD's six tasks over its learning-rate x weight-decay grid with its training recipe,
 experiment=suite_cpu a slice of it, experiment=mqar_figure2 Zoology's Figure 2 (each point a run
-of its own, trained and tested on it), and experiment=mqar_figure2_cpu a slice of that."""
+of its own, trained and tested on it), experiment=mqar_figure2_cpu a slice of that,
+experiment=state_tracking parity and S5 tested past the training length, and
+experiment=state_tracking_cpu a slice of it."""
 
 from __future__ import annotations
 
@@ -102,3 +104,27 @@ def test_mqar_figure2_cpu_is_a_slice_of_it():
     assert {float(r) for r in cpu["optim.lr"]} <= {float(r) for r in full["optim.lr"]}
     cfg = compose_train(["experiment=mqar_figure2_cpu"])
     assert cfg.model.mlp is False and cfg.trainer.max_steps < 12_500
+
+
+def test_state_tracking_tests_past_the_training_length_without_positions():
+    params = sweep_params("state_tracking")
+    assert set(params["data"]) == {"parity", "s5"}
+    assert "rotary" in params["attention"] and set(params["attention"]) <= set(variant_names())
+    for task in params["data"]:
+        cfg = compose_train(["experiment=state_tracking", f"data={task}"])
+        trained = max(s["seq_len"] for s in cfg.data.train_settings)
+        assert max(s["seq_len"] for s in cfg.data.test_settings) > trained
+        assert cfg.model.pos_embedding == "none"  # untrained positions would be measured
+    for variant in ("deltanet", "gated_deltaproduct"):  # the second sweep's arms compose
+        overrides = [f"attention={variant}", "attention.allow_neg_eigval=true"]
+        assert compose_train(["experiment=state_tracking", *overrides]).attention.allow_neg_eigval
+
+
+def test_state_tracking_cpu_is_a_slice_of_it():
+    full, cpu = sweep_params("state_tracking"), sweep_params("state_tracking_cpu")
+    assert set(cpu["data"]) == set(full["data"]) and set(cpu["attention"]) <= set(full["attention"])
+    assert {float(r) for r in cpu["optim.lr"]} <= {float(r) for r in full["optim.lr"]}
+    assert len(set(cpu["seed"])) == 3
+    cfg = compose_train(["experiment=state_tracking_cpu"])
+    assert cfg.hydra.callbacks.sweep_report.every_job is False
+    assert cfg.trainer.max_steps < compose_train(["experiment=state_tracking"]).trainer.max_steps
