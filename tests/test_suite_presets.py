@@ -115,9 +115,14 @@ def test_state_tracking_tests_past_the_training_length_without_positions():
         trained = max(s["seq_len"] for s in cfg.data.train_settings)
         assert max(s["seq_len"] for s in cfg.data.test_settings) > trained
         assert cfg.model.pos_embedding == "none"  # untrained positions would be measured
-    for variant in ("deltanet", "gated_deltaproduct"):  # the second sweep's arms compose
-        overrides = [f"attention={variant}", "attention.allow_neg_eigval=true"]
-        assert compose_train(["experiment=state_tracking", *overrides]).attention.allow_neg_eigval
+    # The second sweep (its YAML's command): Hydra composes the primary config with the
+    # non-sweep overrides first, on the default attention, then each job on its variant.
+    neg = ["experiment=state_tracking", "++attention.allow_neg_eigval=true"]
+    compose_train(neg)
+    for variant in ("deltanet", "gated_deltaproduct"):
+        assert compose_train([*neg, f"attention={variant}"]).attention.allow_neg_eigval is True
+    text = (Path(CONFIG_DIR) / "experiment" / "state_tracking.yaml").read_text()
+    assert " ++attention.allow_neg_eigval=true" in text
 
 
 def test_state_tracking_cpu_is_a_slice_of_it():
