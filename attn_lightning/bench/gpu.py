@@ -9,9 +9,10 @@
 2. attention: the attention cores on CUDA in bf16 at doubling lengths up to T = 65536 (bench
    attention's sweep: time, memory, agreement with softmax; a length past the time limit or the
    memory estimate is skipped, not run);
-3. fla: with flash-linear-attention installed (the `gpu` extra), its Triton kernels on our
-   linear-family variants' inputs (_fla_kernels.py): output cosine with our PyTorch path (the
-   check that both compute one function) and fwd+bwd time, ours / theirs.
+3. fla: with flash-linear-attention installed (the `gpu` extra), its Triton kernels on the
+   inputs of our linear-family variants and FoX (_fla_kernels.py), each core on the shapes its
+   `attend` takes: output cosine with our PyTorch path (the check that both compute one
+   function) and fwd+bwd time, ours / theirs.
 
 Each part prints its own table and its seconds; a part that fails prints its error and the
 others still run (a device run is too scarce to lose to one broken part). Without a CUDA device
@@ -122,6 +123,7 @@ def _fwd_bwd_ms(call: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor]
 
 
 FLA_SHAPE = (8, 4, 4096, 64)  # B, H, T, head dim
+FLA_DTYPE = torch.bfloat16  # the inputs and autocast dtype of both timed calls
 
 
 def fla_row(name: str, device: torch.device) -> str:
@@ -131,17 +133,19 @@ def fla_row(name: str, device: torch.device) -> str:
     torch.manual_seed(0)
     module = build_attention(name, n_embd=H * D, n_head=H, block_size=T).to(device)
     theirs = fla_core(name, module)
-    q, k, v = (torch.randn(B, H, T, D, device=device) for _ in range(3))
     x = torch.randn(B, T, H * D, device=device)
-    leaves = [t.bfloat16().requires_grad_() for t in (q, k, v)]
-    x_low = x.bfloat16()
+    with torch.no_grad():  # what `attend` takes: (B, H, T, D), gated_deltaproduct's sub-steps
+        shapes = [t.shape for t in module.core_inputs(*module.split_heads(x))]
+    q, k, v = (torch.randn(shape, device=device) for shape in shapes)
+    leaves = [t.to(FLA_DTYPE).requires_grad_() for t in (q, k, v)]
+    x_low = x.to(FLA_DTYPE)
 
     def ours() -> torch.Tensor:
-        with torch.autocast("cuda", torch.bfloat16):
+        with torch.autocast(device.type, FLA_DTYPE):
             return module.attend(*leaves, module.gates(x_low))
 
     def fla() -> torch.Tensor:
-        with torch.autocast("cuda", torch.bfloat16):
+        with torch.autocast(device.type, FLA_DTYPE):
             return theirs(*leaves, module.gates(x_low))
 
     with torch.no_grad():
