@@ -9,11 +9,18 @@ With c_t = Σ_{l<=t} log f_l, D_ij = c_i - c_j <= 0: the weight of key j decays 
 passed since it (f = 1 everywhere is softmax attention). The gates g = log f (B, H, T, 1) come
 from the layer input (the base's `gates(x)`), one per query head (k/v heads may be grouped), with
 w_f, b_f a linear map initialised as PyTorch's `nn.Linear` (as the paper's code and fla's layer).
-c is summed in float32 at least, and the bias D + M (M: the family's mask, vanilla.py's
-`score_bias`, so a subclass's mask still applies) goes to SDPA as its additive mask: a
-(B, H, T, T) tensor, memory quadratic in T as the explicit softmax (the paper's kernel fuses
-it, FlashAttention-style). Decoding keeps a KV cache and each cached key's c_j, so a new token's
-bias against the cached keys is exact.
+c is summed in float32 at least. Within a row the c_i of D_ij cancels in the softmax, so the
+bias is -c_j, a term of each key: training (float32, float64) passes it to SDPA's fused kernel
+as one more head dimension, q̃_i = [q_i, sqrt(d)] and k̃_j = [k_j, c_r - c_j], no (T, T)
+tensor. Rounding grows with |c_r - c_j| while the weights that matter have c_j near c_i, so
+the queries go in blocks of `query_block` with c_r their block's first c: the biases of the
+keys a block weighs are then bounded by the decay across one block, and the far, large ones
+weigh e^-(their size). Each block's keys carry their own bias column, (d + 1) / (2
+`query_block`) of a (T, T) bias's memory. Half precision would round those biases to whole
+units: there, a subclass that changes the mask, and decoding, the bias D + M (M: the family's
+mask, vanilla.py's `score_bias`) goes to SDPA as a (B, H, Tq, Tk) additive mask, formed in
+float32 and then cast, so its near-diagonal entries stay exact. Decoding keeps a KV cache and
+each cached key's c_j, so a new token's bias against the cached keys is exact.
 
 The paper's "Pro" block adds an output gate and QK-norm: the base's `attention.output_gate` and
 `attention.qk_norm`, not part of this core. FoX uses no position embedding (the gate is its
@@ -31,6 +38,7 @@ from torch import Tensor, nn
 
 from attn_lightning.attention.kv_cache import KVCache, _extend
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.errors import ConfigError
 
 
 class ForgetKVCache(KVCache):
@@ -52,8 +60,11 @@ class ForgetKVCache(KVCache):
 class ForgettingAttention(VanillaAttention):
     """Causal softmax attention with a forget-gate bias Σ log f over each (query, key) span."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, query_block: int = 256, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
+            raise ConfigError(f"attention.query_block={query_block!r} must be an integer >= 1")
+        self.query_block = query_block
         self.forget_gate = nn.Linear(self.n_embd, self.n_head)  # w_f, b_f: C x H
 
     def gates(self, x: Tensor) -> Tensor:
@@ -69,6 +80,8 @@ class ForgettingAttention(VanillaAttention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         c = _cumulative(g, q)
+        if self.is_plain_causal and q.dtype in (torch.float32, torch.float64):
+            return forget_in_blocks(q, k, v, c, self.query_block, self.dropout_p)
         pos = torch.arange(q.size(2), device=q.device)
         bias = self.forget_bias(c, c, pos, pos).to(q.dtype)  # (B, H, T, T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout_p)
@@ -92,6 +105,35 @@ class ForgettingAttention(VanillaAttention):
         return F.scaled_dot_product_attention(
             q, self._repeat_kv(k_all), self._repeat_kv(v_all), attn_mask=bias
         )
+
+
+def forget_in_blocks(
+    q: Tensor, k: Tensor, v: Tensor, c: Tensor, block: int, dropout_p: float = 0.0
+) -> Tensor:
+    """softmax_j(q_i k_j / sqrt(d) + c_i - c_j) v_j over j <= i, q, k, v (B, H, T, d), c
+    (B, H, T, 1) -> (B, H, T, d): `block` queries per SDPA call, the key bias c_r - c_j as a
+    last head dimension (c_r: the block's first c), the causal mask (block, keys) additive. v
+    is padded to d + 1 too, as SDPA's fused CPU kernel wants one head size for q, k and v.
+    Every block's mask is a view of one (block, T) tensor, -inf where key j > T - block + row:
+    the columns from T - end on hold the mask of the rows that end at `end`."""
+    B, H, T, d = q.shape
+    scale = 1 / math.sqrt(d)
+    q_ext = torch.cat((q, q.new_full((B, H, T, 1), math.sqrt(d))), -1)  # meets the bias once
+    v_ext = F.pad(v, (0, 1))
+    c = c.to(q.dtype)  # float32 or float64 here: c keeps its precision
+    rows = min(block, T)
+    future = torch.ones(rows, T, dtype=torch.bool, device=q.device).triu_(T - rows + 1)
+    masks = torch.zeros(rows, T, dtype=q.dtype, device=q.device).masked_fill_(future, -math.inf)
+    outputs = []
+    for start in range(0, T, block):
+        end = min(T, start + block)
+        k_ext = torch.cat((k[:, :, :end], c[:, :, start : start + 1] - c[:, :, :end]), -1)
+        mask = masks[rows - (end - start) :, T - end :]  # (end - start, end)
+        out = F.scaled_dot_product_attention(
+            q_ext[:, :, start:end], k_ext, v_ext[:, :, :end], mask, dropout_p, scale=scale
+        )
+        outputs.append(out[..., :d])
+    return torch.cat(outputs, 2)
 
 
 def _cumulative(g: Tensor | None, q: Tensor) -> Tensor:

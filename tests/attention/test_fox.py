@@ -1,6 +1,7 @@
 """Forgetting attention: the fast path and the matrix equal the paper's equation written out
 here (float64), softmax_j(q_i k_j / sqrt(d) + Σ_{l=j+1}^{i} log f_l) v_j, and fla's reference
 (loaded by path; skipped without fla) in float64 and float32, grouped k/v heads included; the
+queries in blocks give the equation's outputs and gradients, with no (T, T) tensor; the
 gate comes from x; prefill + decoding, in pieces, equal the forward pass; f = 1 is softmax
 attention and f -> 0 forgets; a long, strongly forgetting sequence stays accurate in float32
 and bfloat16."""
@@ -17,6 +18,8 @@ from torch import Tensor
 
 from attn_lightning.attention.fox import ForgettingAttention
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.bench.attention.memory_ledger import StorageLedger
+from attn_lightning.errors import ConfigError
 
 B, H, D = 2, 4, 8
 SHAPE = {"n_embd": H * D, "n_head": H, "block_size": 64}
@@ -80,6 +83,46 @@ def test_core_agrees_with_fla(forgetting_attn, dtype: torch.dtype, h_kv: int) ->
     theirs = theirs.transpose(1, 2).to(dtype)
     error = (ours - theirs).abs().max() / theirs.abs().max()
     assert error < 1e-5, f"max |ours - fla| / max |fla| = {error:.2e}"
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor) -> Tensor:
+    """The equation with every (i, j) bias c_i - c_j in one matrix, c = Σ log f, differentiable."""
+    c = log_f.cumsum(2)
+    T = q.size(2)
+    scores = q @ k.mT / math.sqrt(q.size(-1)) + (c - c.mT)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    return scores.masked_fill(future, -math.inf).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("block", [1, 8, 16, 64])  # 37 = 4 x 8 + 5: a ragged last block
+def test_queries_in_blocks_give_the_equations_outputs_and_gradients(block: int) -> None:
+    attn = layer(query_block=block)
+    q, k, v, log_f = inputs(37)
+    torch.testing.assert_close(attn.attend(q, k, v, log_f), paper_attention(q, k, v, log_f))
+    ours = [t.clone().requires_grad_() for t in (q, k, v, log_f)]
+    theirs = [t.clone().requires_grad_() for t in (q, k, v, log_f)]
+    grad = torch.randn(B, H, 37, D, dtype=torch.float64)
+    attn.attend(*ours).backward(grad)
+    explicit_attention(*theirs).backward(grad)
+    for name, a, b in zip(["q", "k", "v", "log_f"], ours, theirs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=f"d {name}")
+
+
+def test_training_allocates_no_t_by_t_tensor() -> None:
+    """Forward and backward at T = 512 in float32 peak below a quarter of one (B, H, T, T)
+    bias, the tensor the additive-mask form would build (the explicit softmax two more)."""
+    T = 512
+    attn = layer(query_block=64).float()
+    q, k, v, log_f = (t.float().requires_grad_() for t in inputs(T))
+    with StorageLedger() as ledger:
+        attn.attend(q, k, v, log_f).sum().backward()
+    assert ledger.peak < B * H * T * T * 4 / 4, f"peak {ledger.peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("block", [0, -1, 2.5, True])
+def test_a_query_block_below_one_is_refused(block) -> None:
+    with pytest.raises(ConfigError, match=r"attention\.query_block"):
+        layer(query_block=block)
 
 
 def test_the_gate_is_a_sigmoid_of_x_per_head() -> None:
