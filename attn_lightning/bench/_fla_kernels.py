@@ -133,7 +133,8 @@ def fla_core(name: str, module: CausalSelfAttention) -> Core:
         from fla.ops.rwkv7 import chunk_rwkv7
 
         def dplr(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None) -> Tensor:
-            key, a, b, log_w = module.dplr_inputs(k, g)  # type: ignore[operator]  k̃, -κ̂, κ̂ ⊙ a_t
+            inputs = module.dplr_inputs(k, g)  # type: ignore[operator]  k̃, -κ̂, κ̂ ⊙ a_t, log w
+            key, a, b, log_w = (t.to(q.dtype) for t in inputs)  # one dtype, as fla's layer gives
             out = chunk_rwkv7(
                 r=_bthd(q),
                 w=_bthd(log_w),
