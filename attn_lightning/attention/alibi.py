@@ -6,6 +6,11 @@
 
 Use it with `model.pos_embedding=none` (ALiBi replaces position embeddings; with learned
 embeddings as well it still works, it is just not ALiBi as published). Decodes with a KV cache.
+
+M_ij = c_i - c_j with c_t = -m_h t: training in float32 or float64 passes the bias to SDPA's
+fused kernel as one more head dimension, in blocks of `query_block` queries
+(difference_bias.py), with no (T, T) tensor; half precision, the weights shown and decoding
+use `score_bias`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attn_lightning.attention.difference_bias import difference_bias_attention
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.errors import ConfigError
 
 
 def alibi_slopes(n_head: int) -> Tensor:
@@ -35,9 +42,21 @@ def alibi_slopes(n_head: int) -> Tensor:
 class ALiBiAttention(VanillaAttention):
     """Causal softmax attention with per-head linear distance biases."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, query_block: int = 256, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
+            raise ConfigError(f"attention.query_block={query_block!r} must be an integer >= 1")
+        self.query_block = query_block
         self.register_buffer("slopes", alibi_slopes(self.n_head), persistent=False)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
+        if q.dtype not in (torch.float32, torch.float64) or type(self).score_bias is not (
+            ALiBiAttention.score_bias
+        ):
+            return super().attend(q, k, v, g)
+        pos = torch.arange(q.size(2), device=q.device, dtype=q.dtype)
+        c = -self.slopes.to(q.dtype)[:, None, None] * pos[:, None]  # (H, T, 1): c_t = -m_h t
+        return difference_bias_attention(q, k, v, c[None], self.query_block, self.dropout_p)
 
     def score_bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         distance = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk)

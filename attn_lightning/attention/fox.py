@@ -9,18 +9,13 @@ With c_t = Σ_{l<=t} log f_l, D_ij = c_i - c_j <= 0: the weight of key j decays 
 passed since it (f = 1 everywhere is softmax attention). The gates g = log f (B, H, T, 1) come
 from the layer input (the base's `gates(x)`), one per query head (k/v heads may be grouped), with
 w_f, b_f a linear map initialised as PyTorch's `nn.Linear` (as the paper's code and fla's layer).
-c is summed in float32 at least. Within a row the c_i of D_ij cancels in the softmax, so the
-bias is -c_j, a term of each key: training (float32, float64) passes it to SDPA's fused kernel
-as one more head dimension, q̃_i = [q_i, sqrt(d)] and k̃_j = [k_j, c_r - c_j], no (T, T)
-tensor. Rounding grows with |c_r - c_j| while the weights that matter have c_j near c_i, so
-the queries go in blocks of `query_block` with c_r their block's first c: the biases of the
-keys a block weighs are then bounded by the decay across one block, and the far, large ones
-weigh e^-(their size). Each block's keys carry their own bias column, (d + 1) / (2
-`query_block`) of a (T, T) bias's memory. Half precision would round those biases to whole
-units: there, a subclass that changes the mask, and decoding, the bias D + M (M: the family's
-mask, vanilla.py's `score_bias`) goes to SDPA as a (B, H, Tq, Tk) additive mask, formed in
-float32 and then cast, so its near-diagonal entries stay exact. Decoding keeps a KV cache and
-each cached key's c_j, so a new token's bias against the cached keys is exact.
+c is summed in float32 at least. Training in float32 or float64 runs SDPA's fused kernel with
+the bias as one more head dimension, in blocks of `query_block` queries (difference_bias.py):
+no (T, T) tensor. Elsewhere (half precision, where that column would round to whole units; a
+subclass that changes the mask; decoding) the bias D + M (M: the family's mask, vanilla.py's
+`score_bias`) goes to SDPA as a (B, H, Tq, Tk) additive mask, formed in float32 and then cast,
+so its near-diagonal entries stay exact. Decoding keeps a KV cache and each cached key's c_j,
+so a new token's bias against the cached keys is exact.
 
 The paper's "Pro" block adds an output gate and QK-norm: the base's `attention.output_gate` and
 `attention.qk_norm`, not part of this core. FoX uses no position embedding (the gate is its
@@ -36,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attn_lightning.attention.difference_bias import difference_bias_attention
 from attn_lightning.attention.kv_cache import KVCache, _extend
 from attn_lightning.attention.vanilla import VanillaAttention
 from attn_lightning.errors import ConfigError
@@ -81,7 +77,7 @@ class ForgettingAttention(VanillaAttention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:
         c = _cumulative(g, q)
         if self.is_plain_causal and q.dtype in (torch.float32, torch.float64):
-            return forget_in_blocks(q, k, v, c, self.query_block, self.dropout_p)
+            return difference_bias_attention(q, k, v, c, self.query_block, self.dropout_p)
         pos = torch.arange(q.size(2), device=q.device)
         bias = self.forget_bias(c, c, pos, pos).to(q.dtype)  # (B, H, T, T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout_p)
@@ -105,35 +101,6 @@ class ForgettingAttention(VanillaAttention):
         return F.scaled_dot_product_attention(
             q, self._repeat_kv(k_all), self._repeat_kv(v_all), attn_mask=bias
         )
-
-
-def forget_in_blocks(
-    q: Tensor, k: Tensor, v: Tensor, c: Tensor, block: int, dropout_p: float = 0.0
-) -> Tensor:
-    """softmax_j(q_i k_j / sqrt(d) + c_i - c_j) v_j over j <= i, q, k, v (B, H, T, d), c
-    (B, H, T, 1) -> (B, H, T, d): `block` queries per SDPA call, the key bias c_r - c_j as a
-    last head dimension (c_r: the block's first c), the causal mask (block, keys) additive. v
-    is padded to d + 1 too, as SDPA's fused CPU kernel wants one head size for q, k and v.
-    Every block's mask is a view of one (block, T) tensor, -inf where key j > T - block + row:
-    the columns from T - end on hold the mask of the rows that end at `end`."""
-    B, H, T, d = q.shape
-    scale = 1 / math.sqrt(d)
-    q_ext = torch.cat((q, q.new_full((B, H, T, 1), math.sqrt(d))), -1)  # meets the bias once
-    v_ext = F.pad(v, (0, 1))
-    c = c.to(q.dtype)  # float32 or float64 here: c keeps its precision
-    rows = min(block, T)
-    future = torch.ones(rows, T, dtype=torch.bool, device=q.device).triu_(T - rows + 1)
-    masks = torch.zeros(rows, T, dtype=q.dtype, device=q.device).masked_fill_(future, -math.inf)
-    outputs = []
-    for start in range(0, T, block):
-        end = min(T, start + block)
-        k_ext = torch.cat((k[:, :, :end], c[:, :, start : start + 1] - c[:, :, :end]), -1)
-        mask = masks[rows - (end - start) :, T - end :]  # (end - start, end)
-        out = F.scaled_dot_product_attention(
-            q_ext[:, :, start:end], k_ext, v_ext[:, :, :end], mask, dropout_p, scale=scale
-        )
-        outputs.append(out[..., :d])
-    return torch.cat(outputs, 2)
 
 
 def _cumulative(g: Tensor | None, q: Tensor) -> Tensor:
