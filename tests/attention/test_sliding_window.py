@@ -1,9 +1,17 @@
+"""Sliding-window attention: a window of at least T is softmax attention; training in
+blocks gives the band's outputs and gradients with no (T, T) tensor; the weights shown follow
+the band; the decoding cache keeps the window."""
+
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from attn_lightning.attention.sliding_window import SlidingWindowAttention
 from attn_lightning.attention.vanilla import VanillaAttention
+from attn_lightning.bench.attention.memory_ledger import StorageLedger
 
 SHAPE = {"n_embd": 32, "n_head": 4, "block_size": 32}
 
@@ -30,3 +38,40 @@ def test_window_pattern_and_cache() -> None:
     for _ in range(10):
         attn(torch.randn(1, 1, 32), cache=cache)
     assert cache.k.shape == (1, 4, 3, 8) and cache.length == 10  # keeps only the window
+
+
+def band_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Each query i alone: softmax over the keys max(0, i - window + 1) .. i."""
+    out = torch.empty_like(q)
+    for i in range(q.size(2)):
+        lo = max(0, i - window + 1)
+        scores = q[:, :, i, None] @ k[:, :, lo : i + 1].mT / math.sqrt(q.size(-1))
+        out[:, :, i] = (scores.softmax(-1) @ v[:, :, lo : i + 1])[:, :, 0]
+    return out
+
+
+@pytest.mark.parametrize(("T", "window"), [(37, 1), (37, 3), (37, 8), (40, 8), (9, 8)])
+def test_training_in_blocks_gives_the_bands_outputs_and_gradients(T: int, window: int) -> None:
+    attn = SlidingWindowAttention(**SHAPE, window=window).double()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, T, 8, dtype=torch.float64) for _ in range(3))
+    ours = [t.clone().requires_grad_() for t in (q, k, v)]
+    theirs = [t.clone().requires_grad_() for t in (q, k, v)]
+    grad = torch.randn(2, 4, T, 8, dtype=torch.float64)
+    out, expected = attn.attend(*ours), band_softmax(*theirs, window)
+    torch.testing.assert_close(out, expected)
+    out.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_training_allocates_no_t_by_t_tensor() -> None:
+    """Forward and backward at T = 1024, window 16, head dim 8: the peak stays within 16 times
+    the size of q; the masked form's (B, H, T, T) weights alone are T / d = 128 times it."""
+    T = 1024
+    attn = SlidingWindowAttention(n_embd=32, n_head=4, block_size=T, window=16)
+    q, k, v = (torch.randn(2, 4, T, 8, requires_grad=True) for _ in range(3))
+    with StorageLedger() as ledger:
+        attn.attend(q, k, v).sum().backward()
+    assert ledger.peak < 16 * q.numel() * 4, f"peak {ledger.peak / 2**20:.1f} MiB"
