@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -328,3 +328,18 @@ def fla_naive_in(op: str, dtype: torch.dtype) -> Iterator[types.ModuleType]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.Tensor, "float", lambda x, *args, **kwargs: x.to(dtype))
         yield naive
+
+
+def assert_same_function(
+    ours: Callable[..., Tensor], reference: Callable[..., Tensor], *inputs: Tensor
+) -> None:
+    """ours(*inputs) equals reference(*inputs), and so do the gradients of every input for
+    one random output gradient (each side on its own leaf copies)."""
+    leaves = [[t.detach().clone().requires_grad_() for t in inputs] for _ in range(2)]
+    out, expected = ours(*leaves[0]), reference(*leaves[1])
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype)
+    out.backward(grad)
+    expected.backward(grad)
+    for i, (a, b) in enumerate(zip(*leaves, strict=True)):
+        torch.testing.assert_close(a.grad, b.grad, msg=lambda m, i=i: f"input {i}: {m}")
