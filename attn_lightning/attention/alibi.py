@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attn_lightning.attention.difference_bias import difference_bias_attention
+from attn_lightning.attention.difference_bias import (
+    checked_query_block,
+    difference_bias_attention,
+)
 from attn_lightning.attention.vanilla import VanillaAttention
-from attn_lightning.errors import ConfigError
 
 
 def alibi_slopes(n_head: int) -> Tensor:
@@ -44,9 +46,7 @@ class ALiBiAttention(VanillaAttention):
 
     def __init__(self, *args: Any, query_block: int = 256, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
-            raise ConfigError(f"attention.query_block={query_block!r} must be an integer >= 1")
-        self.query_block = query_block
+        self.query_block = checked_query_block(query_block)
         self.register_buffer("slopes", alibi_slopes(self.n_head), persistent=False)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None) -> Tensor:

@@ -21,6 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attn_lightning.errors import ConfigError
+
+
+def checked_query_block(block: int) -> int:
+    """`attention.query_block` as given, or a ConfigError naming it."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ConfigError(f"attention.query_block={block!r} must be an integer >= 1")
+    return block
+
 
 def difference_bias_attention(
     q: Tensor, k: Tensor, v: Tensor, c: Tensor, block: int, dropout_p: float = 0.0

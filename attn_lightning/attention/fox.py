@@ -31,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attn_lightning.attention.difference_bias import difference_bias_attention
+from attn_lightning.attention.difference_bias import (
+    checked_query_block,
+    difference_bias_attention,
+)
 from attn_lightning.attention.kv_cache import KVCache, _extend
 from attn_lightning.attention.vanilla import VanillaAttention
-from attn_lightning.errors import ConfigError
 
 
 class ForgetKVCache(KVCache):
@@ -58,9 +60,7 @@ class ForgettingAttention(VanillaAttention):
 
     def __init__(self, *args: Any, query_block: int = 256, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
-            raise ConfigError(f"attention.query_block={query_block!r} must be an integer >= 1")
-        self.query_block = query_block
+        self.query_block = checked_query_block(query_block)
         self.forget_gate = nn.Linear(self.n_embd, self.n_head)  # w_f, b_f: C x H
 
     def gates(self, x: Tensor) -> Tensor:
